@@ -1,0 +1,179 @@
+"""MiniVLM configuration.
+
+Ships to the Hub verbatim as remote code: imports torch/transformers only.
+"""
+
+from typing import Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+# Shapes of google/vit-large-patch16-224 and HuggingFaceTB/SmolLM-360M, the parts the
+# reference notebook uses; the text vocabulary has one extra slot for `<image>`.
+VIT_LARGE_PATCH16_224 = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "intermediate_size": 4096,
+    "image_size": 224,
+    "patch_size": 16,
+    "num_channels": 3,
+    "layer_norm_eps": 1e-12,
+    "qkv_bias": True,
+}
+SMOLLM_360M = {
+    "vocab_size": 49153,
+    "hidden_size": 960,
+    "intermediate_size": 2560,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 15,
+    "num_key_value_heads": 5,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
+
+IMAGE_TO_TEXT_PIPELINE = {
+    "image-to-text": {
+        "impl": "pipeline_minivlm.MiniVLMImageToTextPipeline",
+        "pt": ["AutoModelForImageTextToText"],
+        "tf": [],
+        "type": "multimodal",
+    }
+}
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_minivlm.MiniVLMConfig",
+    "AutoModel": "modeling_minivlm.MiniVLMForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_minivlm.MiniVLMForConditionalGeneration",
+}
+
+
+class MiniVLMConfig(PreTrainedConfig):
+    r"""Configuration of a [`MiniVLMForConditionalGeneration`]: vision encoder → MLP projector → causal LM.
+
+    The defaults reproduce the reference notebook: a ViT-L/16 at 224 px whose
+    `last_hidden_state` (after the final LayerNorm, CLS kept: 197 tokens) is projected
+    into a SmolLM-360M (Llama) by Linear → GELU → LayerNorm → Linear.
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the vision encoder (a ViT by default). Any `AutoModel` vision config
+            with `image_size`, `patch_size` and `hidden_size` works.
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the causal language model (a Llama by default).
+        image_token_index (`int`, *optional*, defaults to 49152):
+            Token id of `<image>`; `input_ids` carry it `image_seq_length` times where the image goes.
+        image_seq_length (`int`, *optional*):
+            Number of image tokens per image. Follows from the vision config, the feature
+            strategy and `pixel_shuffle_factor`; computed when left unset, checked when given.
+        projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Activation between the projector's two linear layers.
+        vision_feature_select_strategy (`str`, *optional*, defaults to `"full"`):
+            `"full"` keeps the CLS token (the notebook), `"default"` drops it (LLaVA).
+        vision_feature_layer (`int`, *optional*, defaults to -1):
+            Encoder layer whose output is projected. -1 is the encoder's `last_hidden_state`
+            (after its final LayerNorm); any other index selects `hidden_states[index]`.
+        pixel_shuffle_factor (`int`, *optional*, defaults to 1):
+            Token compression: merges each `f×f` block of patch features into one token
+            (`f²` times fewer image tokens, `f²` times wider projector input). Needs
+            `vision_feature_select_strategy="default"` (the CLS token has no place in the grid).
+        custom_pipelines (`dict`, *optional*):
+            Declares the remote-code `image-to-text` pipeline so that
+            `pipeline("image-to-text", model=..., trust_remote_code=True)` accepts a bare image.
+
+    Example:
+
+    ```python
+    >>> from modeling_minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
+    >>> config = MiniVLMConfig()
+    >>> config.image_seq_length
+    197
+    >>> model = MiniVLMForConditionalGeneration(config)  # random weights, notebook shapes
+    ```
+    """
+
+    model_type = "minivlm"
+    attribute_map = {"image_token_id": "image_token_index"}
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="vit", init_kwargs=VIT_LARGE_PATCH16_224),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs=SMOLLM_360M),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    image_token_index: int = 49152
+    image_seq_length: int | None = None
+    projector_hidden_act: str = "gelu"
+    vision_feature_select_strategy: Literal["default", "full"] = "full"
+    vision_feature_layer: int = -1
+    pixel_shuffle_factor: int = 1
+    tie_word_embeddings: bool = True
+    custom_pipelines: dict | None = None
+    auto_map: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # Tying lives in the text config of the LM; mirror it so the composite model ties too.
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        if self.custom_pipelines is None:
+            self.custom_pipelines = {k: dict(v) for k, v in IMAGE_TO_TEXT_PIPELINE.items()}
+        if self.auto_map is None:
+            self.auto_map = dict(AUTO_MAP)
+
+        if self.vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(
+                f"vision_feature_select_strategy={self.vision_feature_select_strategy!r} is unknown; "
+                "use 'full' (keep the CLS token, as the notebook does) or 'default' (drop it, as LLaVA does)."
+            )
+        expected = self.expected_image_seq_length()
+        if self.image_seq_length is None:
+            self.image_seq_length = expected
+        elif self.image_seq_length != expected:
+            raise ValueError(
+                f"image_seq_length={self.image_seq_length} does not match the vision config: "
+                f"{expected} image tokens follow from image_size, patch_size, the feature strategy and "
+                "pixel_shuffle_factor. Leave image_seq_length unset to derive it."
+            )
+        vocab_size = getattr(self.text_config, "vocab_size", None)
+        if vocab_size is not None and not 0 <= self.image_token_index < vocab_size:
+            raise ValueError(
+                f"image_token_index={self.image_token_index} is outside the text vocabulary "
+                f"(vocab_size={vocab_size}); add `<image>` to the tokenizer and resize the embeddings "
+                "(MiniVLMForConditionalGeneration.from_pretrained_parts does both)."
+            )
+
+    def expected_image_seq_length(self) -> int:
+        """Number of image tokens the vision config produces for one image."""
+        image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
+        image_size = image_size if isinstance(image_size, int) else image_size[0]
+        patch_size = patch_size if isinstance(patch_size, int) else patch_size[0]
+        if image_size % patch_size:
+            raise ValueError(
+                f"vision_config.image_size={image_size} is not divisible by patch_size={patch_size}; "
+                "pick an image size that is a multiple of the patch size."
+            )
+        grid = image_size // patch_size
+        factor = self.pixel_shuffle_factor
+        if factor < 1:
+            raise ValueError(f"pixel_shuffle_factor must be >= 1, got {factor}.")
+        if factor > 1:
+            if grid % factor:
+                raise ValueError(
+                    f"pixel_shuffle_factor={factor} does not divide the {grid}x{grid} patch grid; "
+                    f"use a factor that divides {grid}."
+                )
+            if self.vision_feature_select_strategy != "default":
+                raise ValueError(
+                    "pixel_shuffle_factor > 1 needs vision_feature_select_strategy='default': "
+                    "the CLS token has no place in the shuffled patch grid."
+                )
+        num_tokens = (grid // factor) ** 2
+        return num_tokens + (1 if self.vision_feature_select_strategy == "full" else 0)
+
+
+__all__ = ["MiniVLMConfig"]

@@ -1,0 +1,47 @@
+"""A word-level tokenizer built from captions, for tiny offline models.
+
+A byte-level BPE trained to a vocabulary of a few hundred learns no merges, so the tiny
+models (the shapes demo, the tests) use one token per lower-cased word instead.
+"""
+
+import re
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+
+PAD, EOS, UNK, BOS = "<pad>", "<eos>", "<unk>", "<bos>"
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def build_word_level_tokenizer(
+    texts: Iterable[str], image_token: str = "<image>", min_frequency: int = 1
+) -> PreTrainedTokenizerFast:
+    """Builds a lower-casing word-level tokenizer whose vocabulary is the words of `texts`.
+
+    Ids: `<pad>`=0, `<eos>`=1, `<unk>`=2, `<bos>`=3, then the words sorted by decreasing
+    frequency (ties alphabetically, so the result is deterministic), then `image_token`.
+    Padding is on the left, for batched generation.
+    """
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word in _WORD.findall(text.lower()):
+            counts[word] = counts.get(word, 0) + 1
+    words = sorted((w for w, c in counts.items() if c >= min_frequency), key=lambda w: (-counts[w], w))
+    vocab = {token: i for i, token in enumerate([PAD, EOS, UNK, BOS, *words])}
+
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        bos_token=BOS,
+        padding_side="left",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+    return tokenizer

@@ -1,0 +1,124 @@
+"""Tiny, seeded fixtures: a 32-px two-layer ViT, a two-layer Llama, a word-level tokenizer.
+
+Nothing here touches the network: tests run with HF_HUB_OFFLINE=1.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import ViTImageProcessorPil
+
+from modeling_minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
+from processing import MiniVLMProcessor
+from processing.tokenizer import build_word_level_tokenizer
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORDS = (
+    "a an the red green blue yellow circle square triangle small large on left right top bottom "
+    "of and two dog cat runs sits in grass photo this image shows"
+)
+
+
+def seed_everything(seed: int = 0) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    seed_everything(0)
+
+
+def make_tokenizer():
+    return build_word_level_tokenizer([WORDS])
+
+
+def make_config(tokenizer=None, **overrides) -> MiniVLMConfig:
+    """A MiniVLM config with hidden sizes of 32: builds in milliseconds, runs in seconds."""
+    tokenizer = tokenizer or make_tokenizer()
+    vision = dict(
+        model_type="vit", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, image_size=32, patch_size=8,
+    )
+    text = dict(
+        model_type="llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    vision.update(overrides.pop("vision_config", {}))
+    text.update(overrides.pop("text_config", {}))
+    overrides.setdefault("image_token_index", tokenizer.convert_tokens_to_ids("<image>"))
+    return MiniVLMConfig(vision_config=vision, text_config=text, **overrides)
+
+
+def make_model(config: MiniVLMConfig | None = None, seed: int = 0) -> MiniVLMForConditionalGeneration:
+    torch.manual_seed(seed)
+    model = MiniVLMForConditionalGeneration(config or make_config()).eval()
+    model.generation_config.pad_token_id = model.config.text_config.pad_token_id
+    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
+    return model
+
+
+def make_processor(config: MiniVLMConfig | None = None, tokenizer=None) -> MiniVLMProcessor:
+    config = config or make_config()
+    size = config.vision_config.image_size
+    image_processor = ViTImageProcessorPil(size={"height": size, "width": size})
+    return MiniVLMProcessor(image_processor, tokenizer or make_tokenizer(), image_seq_length=config.image_seq_length)
+
+
+def make_images(n: int, size: int = 40, seed: int = 0) -> list[Image.Image]:
+    """Deterministic RGB noise images of assorted sizes."""
+    rng = np.random.default_rng(seed)
+    return [
+        Image.fromarray(rng.integers(0, 256, (size + 3 * i, size + 5 * i, 3), dtype=np.uint8))
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture
+def config(tokenizer):
+    return make_config(tokenizer)
+
+
+@pytest.fixture
+def model(config):
+    return make_model(config)
+
+
+@pytest.fixture
+def processor(config, tokenizer):
+    return make_processor(config, tokenizer)
+
+
+@pytest.fixture
+def images():
+    return make_images(3)
+
+
+@pytest.fixture(scope="session")
+def saved_model_dir(tmp_path_factory) -> Path:
+    """A tiny random MiniVLM and its processor, saved once per session."""
+    path = tmp_path_factory.mktemp("tiny-minivlm")
+    tokenizer = make_tokenizer()
+    config = make_config(tokenizer)
+    make_model(config, seed=1).save_pretrained(path)
+    make_processor(config, tokenizer).save_pretrained(path)
+    return path

@@ -1,0 +1,374 @@
+"""MiniVLMConfig and MiniVLMForConditionalGeneration behave like a native transformers model."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_config, make_images, make_model, make_processor, make_tokenizer
+from safetensors import safe_open
+from transformers import DynamicCache
+
+from modeling_minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
+
+
+def image_inputs(processor, texts, seed=0):
+    return processor(images=make_images(len(texts), seed=seed), text=texts, return_tensors="pt")
+
+
+# -- config -----------------------------------------------------------------------------
+def test_default_config_has_the_notebook_shapes():
+    config = MiniVLMConfig()
+    assert config.image_seq_length == 197  # 14 x 14 patches + CLS
+    assert (config.vision_config.model_type, config.vision_config.hidden_size) == ("vit", 1024)
+    assert config.vision_config.num_hidden_layers == 24
+    assert (config.text_config.model_type, config.text_config.hidden_size) == ("llama", 960)
+    assert config.text_config.num_hidden_layers == 32
+    assert config.vision_feature_select_strategy == "full" and config.vision_feature_layer == -1
+    assert config.tie_word_embeddings is True
+
+
+def test_config_json_round_trip(tmp_path, config):
+    config.save_pretrained(tmp_path)
+    loaded = MiniVLMConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "minivlm"
+    assert saved["custom_pipelines"]["image-to-text"]["impl"] == "pipeline_minivlm.MiniVLMImageToTextPipeline"
+    assert saved["auto_map"]["AutoModelForImageTextToText"] == "modeling_minivlm.MiniVLMForConditionalGeneration"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"vision_feature_select_strategy": "cls"}, "vision_feature_select_strategy"),
+        ({"vision_config": {"image_size": 36}}, "not divisible by patch_size"),
+        ({"image_seq_length": 5}, "image_seq_length=5"),
+        ({"image_token_index": 10_000}, "outside the text vocabulary"),
+        ({"pixel_shuffle_factor": 2}, "vision_feature_select_strategy='default'"),
+        ({"pixel_shuffle_factor": 3, "vision_feature_select_strategy": "default"}, "does not divide"),
+    ],
+)
+def test_inconsistent_config_raises_a_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(**overrides)
+
+
+def test_image_seq_length_follows_strategy_and_pixel_shuffle():
+    assert make_config().image_seq_length == 17
+    assert make_config(vision_feature_select_strategy="default").image_seq_length == 16
+    assert make_config(vision_feature_select_strategy="default", pixel_shuffle_factor=2).image_seq_length == 4
+
+
+# -- forward ----------------------------------------------------------------------------
+def test_forward_outputs(model, processor, config):
+    inputs = image_inputs(processor, ["a red circle", "two dogs in the grass"])
+    out = model(**inputs, labels=inputs["input_ids"])
+    batch, seq = inputs["input_ids"].shape
+    assert out.logits.shape == (batch, seq, config.text_config.vocab_size)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.image_hidden_states.shape == (batch, config.image_seq_length, config.text_config.hidden_size)
+    assert isinstance(out.cache, DynamicCache) and out.cache.get_seq_length() == seq
+
+
+def test_loss_ignores_image_padding_and_masked_positions(model, processor):
+    inputs = image_inputs(processor, ["a red circle on the left", "the dog"])
+    ids = inputs["input_ids"]
+    masked = ids.masked_fill((ids == model.config.image_token_index) | (inputs["attention_mask"] == 0), -100)
+    loss_masked = model(**inputs, labels=masked).loss
+    # Image positions are ignored by the model itself, whatever the labels hold there.
+    loss_image_ids = model(**inputs, labels=ids.masked_fill(inputs["attention_mask"] == 0, -100)).loss
+    torch.testing.assert_close(loss_masked, loss_image_ids)
+    # A manual shifted cross-entropy over the caption tokens only gives the same number.
+    logits = model(**inputs).logits
+    manual = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), masked[:, 1:].reshape(-1), ignore_index=-100
+    )
+    torch.testing.assert_close(loss_masked, manual)
+
+
+def test_inputs_embeds_without_input_ids_matches(model, processor):
+    inputs = image_inputs(processor, ["a red circle"])
+    expected = model(**inputs).logits
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    out = model(inputs_embeds=embeds, pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"])
+    torch.testing.assert_close(out.logits, expected)
+
+
+def test_left_padding_is_masked(model, processor):
+    alone = image_inputs(processor, ["the"])
+    padded = image_inputs(processor, ["the", "a red circle on the left of the square"])
+    assert padded["attention_mask"][0, 0] == 0  # left-padded
+    last_alone = model(**alone).logits[0, -1]
+    last_padded = model(**padded).logits[0, -1]
+    torch.testing.assert_close(last_padded, last_alone, atol=1e-5, rtol=1e-4)
+
+
+def test_get_image_features_strategies_and_layers(images):
+    pixel_values = make_processor()(images=images)["pixel_values"]
+    full = make_model(make_config())
+    assert full.get_image_features(pixel_values).shape == (3, 17, 32)
+    default = make_model(make_config(vision_feature_select_strategy="default"))
+    assert default.get_image_features(pixel_values).shape == (3, 16, 32)
+    shuffled = make_model(make_config(vision_feature_select_strategy="default", pixel_shuffle_factor=2))
+    assert shuffled.multi_modal_projector.linear_1.in_features == 4 * 32
+    assert shuffled.get_image_features(pixel_values).shape == (3, 4, 32)
+    # -1 is last_hidden_state (after the final LayerNorm), another layer is taken before it.
+    vision_out = full.vision_tower(pixel_values, output_hidden_states=True)
+    torch.testing.assert_close(
+        full.get_image_features(pixel_values), full.multi_modal_projector(vision_out.last_hidden_state)
+    )
+    layer_model = make_model(make_config(vision_feature_layer=-2))
+    vision_out = layer_model.vision_tower(pixel_values, output_hidden_states=True)
+    torch.testing.assert_close(
+        layer_model.get_image_features(pixel_values), layer_model.multi_modal_projector(vision_out.hidden_states[-2])
+    )
+
+
+def test_image_features_land_at_image_token_positions(model, processor):
+    inputs = image_inputs(processor, ["a red circle"])
+    captured = {}
+    handle = model.language_model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    out = model(**inputs)
+    handle.remove()
+    positions = inputs["input_ids"][0] == model.config.image_token_index
+    torch.testing.assert_close(captured["embeds"][0, positions], out.image_hidden_states[0])
+    text_embeds = model.get_input_embeddings()(inputs["input_ids"][0, ~positions])
+    torch.testing.assert_close(captured["embeds"][0, ~positions], text_embeds)
+
+
+def test_mismatched_image_tokens_raise(model, processor):
+    inputs = image_inputs(processor, ["a red circle"])
+    too_few = inputs["input_ids"][:, 1:]
+    with pytest.raises(ValueError, match=r"expected 17 image tokens .* found \[16\]"):
+        model(input_ids=too_few, pixel_values=inputs["pixel_values"])
+    two_images = torch.cat([inputs["pixel_values"]] * 2)
+    with pytest.raises(ValueError, match="did the processor expand <image>"):
+        model(input_ids=inputs["input_ids"], pixel_values=two_images)
+
+
+def test_image_tokens_without_pixel_values_raise(model, processor):
+    inputs = image_inputs(processor, ["a red circle"])
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(input_ids=inputs["input_ids"])
+
+
+def test_wrong_pixel_shape_raises(model, processor):
+    inputs = image_inputs(processor, ["a red circle"])
+    with pytest.raises(ValueError, match=r"pixel_values must have shape \(batch, 3, 32, 32\), got \(1, 3, 64, 64\)"):
+        model(input_ids=inputs["input_ids"], pixel_values=torch.zeros(1, 3, 64, 64))
+
+
+def test_text_only_forward_works(model, tokenizer):
+    ids = tokenizer(["a red circle"], return_tensors="pt")["input_ids"]
+    assert model(input_ids=ids).logits.shape[:2] == ids.shape
+
+
+# -- KV cache and generation --------------------------------------------------------------
+def test_cached_logits_match_uncached(model, processor):
+    inputs = image_inputs(processor, ["a red circle on the", "two dogs in the"])
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    full = model(**inputs).logits
+    prefix = model(input_ids=ids[:, :-3], pixel_values=inputs["pixel_values"], attention_mask=mask[:, :-3], use_cache=True)
+    cache = prefix.cache
+    step_logits = []
+    for t in range(ids.shape[1] - 3, ids.shape[1]):
+        out = model(input_ids=ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache, use_cache=True)
+        cache = out.cache
+        step_logits.append(out.logits[:, -1])
+    torch.testing.assert_close(torch.stack(step_logits, 1), full[:, -3:], atol=1e-5, rtol=1e-4)
+    assert cache.get_seq_length() == ids.shape[1]
+
+
+def greedy_without_cache(model, inputs, steps):
+    """Reference decoding: re-run the whole sequence for every token, no cache."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    for _ in range(steps):
+        logits = model(input_ids=ids, pixel_values=inputs["pixel_values"], attention_mask=mask).logits
+        next_token = logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_token], 1)
+        mask = torch.cat([mask, torch.ones_like(next_token)], 1)
+    return ids
+
+
+def test_greedy_generate_matches_uncached_loop(model, processor):
+    inputs = image_inputs(processor, ["a red"])
+    model.generation_config.eos_token_id = None
+    generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    torch.testing.assert_close(generated, greedy_without_cache(model, inputs, 8))
+
+
+def test_pixel_values_used_on_first_step_only(model, processor, monkeypatch):
+    inputs = image_inputs(processor, ["a red"])
+    calls = []
+    original = model.get_image_features
+    monkeypatch.setattr(model, "get_image_features", lambda pv: calls.append(pv.shape) or original(pv))
+    model.generation_config.eos_token_id = None
+    model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert calls == [inputs["pixel_values"].shape]
+
+
+def test_batched_generation_matches_single(model, processor):
+    texts = ["the", "a red circle on the left", "two"]
+    model.generation_config.eos_token_id = None
+    batch = image_inputs(processor, texts)
+    generated = model.generate(**batch, max_new_tokens=6, do_sample=False)[:, -6:]
+    for i, text in enumerate(texts):
+        single = processor(images=make_images(3)[i], text=text)
+        alone = model.generate(**single, max_new_tokens=6, do_sample=False)[:, -6:]
+        torch.testing.assert_close(generated[i : i + 1], alone)
+
+
+def test_generation_stops_at_eos(model, processor):
+    inputs = image_inputs(processor, ["a red"])
+    model.generation_config.eos_token_id = None
+    free = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    stop_token = int(free[2])
+    first = free.tolist().index(stop_token)
+    model.generation_config.eos_token_id = stop_token
+    stopped = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    assert stopped.tolist() == free[: first + 1].tolist()
+
+
+def test_sampling_and_beam_search(model, processor):
+    inputs = image_inputs(processor, ["a", "the red"])
+    model.generation_config.eos_token_id = None
+    torch.manual_seed(3)
+    first = model.generate(**inputs, max_new_tokens=5, do_sample=True, top_k=0, temperature=1.5)
+    torch.manual_seed(3)
+    second = model.generate(**inputs, max_new_tokens=5, do_sample=True, top_k=0, temperature=1.5)
+    torch.testing.assert_close(first, second)
+    beams = model.generate(**inputs, max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False)
+    assert beams.shape == (4, inputs["input_ids"].shape[1] + 5)
+    one_beam = model.generate(**inputs, max_new_tokens=5, num_beams=1, do_sample=False)
+    greedy = greedy_without_cache(model, inputs, 5)
+    torch.testing.assert_close(one_beam, greedy)
+
+
+# -- embeddings, save/load, training features ---------------------------------------------------
+def test_tied_embeddings_survive_save_and_load(tmp_path, model):
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "language_model.model.embed_tokens.weight" in keys
+    assert "language_model.lm_head.weight" not in keys  # stored once
+    loaded = MiniVLMForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    torch.testing.assert_close(loaded.get_output_embeddings().weight, model.get_output_embeddings().weight)
+
+
+def test_random_init_model_loads_back_with_every_parameter_equal(tmp_path, model):
+    model.save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
+    loaded = MiniVLMForConditionalGeneration.from_pretrained(tmp_path)
+    expected = dict(model.named_parameters())
+    got = dict(loaded.named_parameters())
+    assert got.keys() == expected.keys()
+    different = [name for name in expected if not torch.equal(expected[name], got[name])]
+    assert different == []
+    for name, buffer in model.named_buffers():
+        torch.testing.assert_close(dict(loaded.named_buffers())[name], buffer)
+
+
+def test_resize_token_embeddings_keeps_model_consistent(model, processor):
+    old = model.config.text_config.vocab_size
+    model.resize_token_embeddings(old + 5)
+    assert model.config.text_config.vocab_size == old + 5
+    assert model.get_output_embeddings().weight.shape[0] == old + 5
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model(**image_inputs(processor, ["a"])).logits.shape[-1] == old + 5
+
+
+def test_gradient_checkpointing_matches_and_leaves_no_unused_parameter(config, processor):
+    inputs = image_inputs(processor, ["a red circle", "the dog"])
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    plain = make_model(config).train()
+    loss_plain = plain(**inputs, labels=labels).loss
+    checkpointed = make_model(config).train()
+    checkpointed.activation_checkpointing_enable()
+    assert checkpointed.is_activation_checkpointing
+    loss_ckpt = checkpointed(**inputs, labels=labels).loss
+    torch.testing.assert_close(loss_ckpt, loss_plain)
+    loss_ckpt.backward()
+    no_grad = [n for n, p in checkpointed.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_attn_implementation_reaches_both_sub_models(saved_model_dir, implementation):
+    model = MiniVLMForConditionalGeneration.from_pretrained(saved_model_dir, attn_implementation=implementation)
+    assert model.config.vision_config._attn_implementation == implementation
+    assert model.config.text_config._attn_implementation == implementation
+    assert model.language_model.config._attn_implementation == implementation
+    assert model.vision_tower.config._attn_implementation == implementation
+
+
+def test_eager_and_sdpa_agree(saved_model_dir, processor):
+    inputs = image_inputs(processor, ["a red circle", "the"])
+    eager = MiniVLMForConditionalGeneration.from_pretrained(saved_model_dir, attn_implementation="eager").eval()
+    sdpa = MiniVLMForConditionalGeneration.from_pretrained(saved_model_dir, attn_implementation="sdpa").eval()
+    mask = inputs["attention_mask"].bool()
+    torch.testing.assert_close(sdpa(**inputs).logits[mask], eager(**inputs).logits[mask], atol=1e-4, rtol=1e-4)
+
+
+def test_dtype_reaches_both_sub_models(saved_model_dir, processor):
+    model = MiniVLMForConditionalGeneration.from_pretrained(saved_model_dir, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    out = model(**image_inputs(processor, ["a red circle"]))
+    assert out.logits.dtype == torch.bfloat16
+
+
+# -- building from pretrained parts ---------------------------------------------------------------
+def test_from_pretrained_parts(tmp_path, processor):
+    from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
+
+    from processing import MiniVLMProcessor
+    from processing.tokenizer import build_word_level_tokenizer
+
+    torch.manual_seed(0)
+    vision_dir, lm_dir = tmp_path / "vit", tmp_path / "lm"
+    vit = ViTModel(
+        ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8),
+        add_pooling_layer=False,
+    )
+    vit.save_pretrained(vision_dir)
+    processor.image_processor.save_pretrained(vision_dir)
+    lm_tokenizer = build_word_level_tokenizer(["a red circle on the left"], image_token="<eos>")  # no <image> yet
+    lm_config = LlamaConfig(
+        vocab_size=len(lm_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        eos_token_id=lm_tokenizer.eos_token_id, pad_token_id=lm_tokenizer.pad_token_id,
+    )
+    lm = LlamaForCausalLM(lm_config)
+    lm.save_pretrained(lm_dir)
+    lm_tokenizer.save_pretrained(lm_dir)
+
+    model = MiniVLMForConditionalGeneration.from_pretrained_parts(str(vision_dir), str(lm_dir))
+    vlm_processor = MiniVLMProcessor.from_pretrained_parts(str(vision_dir), str(lm_dir))
+    assert vlm_processor.image_seq_length == model.config.image_seq_length == 17
+    assert model.config.image_token_index == vlm_processor.image_token_id == len(lm_tokenizer)
+    assert model.config.text_config.vocab_size == len(lm_tokenizer) + 1
+    assert vlm_processor.tokenizer.padding_side == "left"
+    for name, weight in vit.state_dict().items():
+        torch.testing.assert_close(model.vision_tower.state_dict()[name], weight)
+    for name, weight in lm.state_dict().items():
+        if "embed_tokens" in name or "lm_head" in name:
+            torch.testing.assert_close(model.language_model.state_dict()[name][: len(lm_tokenizer)], weight)
+        else:
+            torch.testing.assert_close(model.language_model.state_dict()[name], weight)
+    assert not any(p.is_meta for p in model.parameters())
+    assert model.generation_config.eos_token_id == lm_tokenizer.eos_token_id
+
+    inputs = vlm_processor(images=make_images(1), text="a red")
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, inputs["input_ids"].shape[1] + 3) or out.shape[1] <= inputs["input_ids"].shape[1] + 3
+    model.save_pretrained(tmp_path / "vlm")
+    reloaded = MiniVLMForConditionalGeneration.from_pretrained(tmp_path / "vlm")
+    torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_tokenizer_fixture_has_image_token():
+    tokenizer = make_tokenizer()
+    assert tokenizer.convert_tokens_to_ids("<image>") == len(tokenizer) - 1
