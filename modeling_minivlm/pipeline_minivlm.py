@@ -49,9 +49,7 @@ class MiniVLMImageToTextPipeline(Pipeline):
         return model_inputs.to(self.dtype)
 
     def _forward(self, model_inputs, generate_kwargs=None):
-        generate_kwargs = dict(generate_kwargs or {})
-        if "generation_config" not in generate_kwargs:
-            generate_kwargs["generation_config"] = self.generation_config
+        generate_kwargs = self._prepare_generate_kwargs(dict(generate_kwargs or {}))
         prompt_length = model_inputs["input_ids"].shape[1]
         sequences = self.model.generate(**model_inputs, **generate_kwargs)
         return {"generated_ids": sequences[:, prompt_length:]}

@@ -297,9 +297,9 @@ def generate_shapes_dataset(
 
 
 def caption_vocabulary(shapes: Sequence[str] = DEFAULT_SHAPES, colours: Sequence[str] = DEFAULT_COLOURS) -> list[str]:
-    """Sorted list of every token the caption templates can produce (punctuation included).
+    """Sorted list of every word the caption templates can produce for these shapes/colours.
 
-    Handy for a word-level tokenizer; captions are lower case, space-separated tokens.
+    Handy for a word-level tokenizer; captions are lower case, space-separated, no punctuation.
     """
     words: set[str] = set(shapes) | {f"{s}s" for s in shapes} | set(colours) | set(SIZES)
     groups = (*_ONE_TEMPLATES, *_TWO_TEMPLATES, *(g for pair in _LAYOUT_TEMPLATES.values() for g in pair))
@@ -344,7 +344,7 @@ def parse_objects(caption: str) -> list[tuple[str, str]]:
                 colour = _COLOUR_WORDS[t]
             if count is None and t in _NUMBER_WORDS:
                 count = _NUMBER_WORDS[t]
-        if count is None or (plural and count == 1):  # "a few red circles" / bare plural
+        if count is None or (plural and count == 1):  # bare plural "red circles" means (at least) two
             count = 2 if plural else 1
         pairs.extend([(colour or "unknown", shape)] * count)
     return pairs

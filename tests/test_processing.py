@@ -1,0 +1,159 @@
+"""MiniVLMProcessor: image-token expansion, padding, decoding, image modes and bad input."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_images
+from PIL import Image
+
+from processing import MiniVLMProcessor
+from processing.processing_minivlm import to_rgb
+
+
+def test_text_without_placeholder_puts_the_image_first(processor, tokenizer):
+    inputs = processor(images=make_images(1), text="a red circle")
+    ids = inputs["input_ids"][0].tolist()
+    assert ids[:17] == [processor.image_token_id] * 17
+    assert ids[17:] == tokenizer("a red circle")["input_ids"]
+    assert inputs["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_placeholder_is_expanded_where_it_stands(processor, tokenizer):
+    ids = processor(images=make_images(1), text="the <image> red")["input_ids"][0].tolist()
+    the, red = tokenizer("the")["input_ids"][0], tokenizer("red")["input_ids"][0]
+    assert ids == [the] + [processor.image_token_id] * 17 + [red]
+
+
+def test_no_text_captions_from_the_image_alone(processor):
+    inputs = processor(images=make_images(2))
+    assert inputs["input_ids"].tolist() == [[processor.image_token_id] * 17] * 2
+    assert inputs["attention_mask"].all()
+
+
+def test_batch_is_left_padded_for_generation(processor, tokenizer):
+    inputs = processor(images=make_images(2), text=["a", "a red circle"])
+    assert inputs["attention_mask"][0].tolist() == [0, 0] + [1] * 18
+    assert inputs["input_ids"][0, :2].tolist() == [tokenizer.pad_token_id] * 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"text": ["a", "b"], "n": 1}, r"got 1 image\(s\) for 2 text\(s\)"),
+        ({"text": "<image> a <image>", "n": 1}, "holds 2 '<image>' placeholders"),
+        ({"text": "a <image>", "n": 0}, "no images were given"),
+    ],
+)
+def test_image_text_mismatch_is_a_clear_error(processor, kwargs, message):
+    n = kwargs.pop("n")
+    with pytest.raises(ValueError, match=message):
+        processor(images=make_images(n) if n else None, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((8, 8, 3)), 42, b"not an image", torch.zeros(3, 8, 8)])
+def test_non_image_input_is_a_clear_error(processor, bad):
+    with pytest.raises(ValueError, match="not an image"):
+        processor(images=[bad])
+
+
+def test_corrupt_image_file_is_a_clear_error(processor, tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(Exception, match="(?i)cannot identify|broken|truncated|image"):
+        processor(images=str(path))
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr", "HSV"])
+def test_every_pil_mode_becomes_rgb(processor, mode):
+    base = make_images(1, size=20)[0]
+    if mode == "I;16":
+        image = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 200))
+        assert image.mode == "I;16"
+    elif mode == "PA":
+        image = base.convert("RGBA").convert("PA")
+    else:
+        image = base.convert(mode)
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and rgb.size == base.size
+    inputs = processor(images=image, text="a")
+    assert inputs["pixel_values"].shape == (1, 3, 32, 32)
+    assert torch.isfinite(inputs["pixel_values"]).all()
+
+
+def test_sixteen_bit_and_float_images_keep_their_contrast():
+    ramp = np.linspace(0, 60000, 64, dtype=np.float64).reshape(8, 8)
+    for image in (Image.fromarray(ramp.astype(np.uint16)), Image.fromarray(ramp.astype(np.float32))):
+        grey = np.asarray(to_rgb(image))[..., 0]
+        assert grey.min() == 0 and grey.max() == 255  # not clipped to white, not crushed to black
+
+
+def test_transparent_pixels_become_white():
+    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert to_rgb(image).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (30, 10), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 5, 10))  # blue strip on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    loaded = Image.open(io.BytesIO(buffer.getvalue()))
+    upright = to_rgb(loaded)
+    assert upright.size == (10, 30)
+    top = np.asarray(upright)[:4, 5]
+    assert top[:, 2].mean() > 200 and top[:, 0].mean() < 60  # the blue strip is now at the top
+
+
+def test_paths_load_through_transformers(processor, tmp_path):
+    path = tmp_path / "image.png"
+    make_images(1)[0].save(path)
+    from_path = processor(images=str(path), text="a")["pixel_values"]
+    from_pil = processor(images=Image.open(path), text="a")["pixel_values"]
+    torch.testing.assert_close(from_path, from_pil)
+
+
+def test_chat_template_matches_plain_call(processor):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a red"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt == "<image>a red"
+    training = processor.apply_chat_template(
+        messages + [{"role": "assistant", "content": [{"type": "text", "text": " circle"}]}], tokenize=False
+    )
+    assert training == "<image>a red circle<eos>"
+    image = make_images(1)[0]
+    messages[0]["content"][0]["image"] = image
+    templated = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    plain = processor(images=image, text="a red")
+    assert templated["input_ids"].tolist() == plain["input_ids"].tolist()
+    torch.testing.assert_close(templated["pixel_values"], plain["pixel_values"])
+
+
+def test_decoding_drops_image_and_special_tokens(processor, tokenizer):
+    ids = processor(images=make_images(1), text="a red circle")["input_ids"]
+    ids = torch.cat([ids, torch.tensor([[tokenizer.eos_token_id, tokenizer.pad_token_id]])], 1)
+    assert processor.post_process_image_text_to_text(ids) == ["a red circle"]
+    assert processor.batch_decode(ids, skip_special_tokens=True) == ["a red circle"]
+
+
+def test_processor_save_and_load_round_trip(tmp_path, processor):
+    processor.save_pretrained(tmp_path)
+    loaded = MiniVLMProcessor.from_pretrained(tmp_path)
+    assert loaded.image_seq_length == processor.image_seq_length
+    assert loaded.image_token_id == processor.image_token_id
+    assert loaded.tokenizer.padding_side == "left"
+    assert loaded.chat_template == processor.chat_template
+    images = make_images(2)
+    for key, value in processor(images=images, text=["a", "the red"]).items():
+        torch.testing.assert_close(loaded(images=images, text=["a", "the red"])[key], value)
+
+
+def test_tokenizer_without_image_token_is_rejected(processor):
+    from processing.tokenizer import build_word_level_tokenizer
+
+    tokenizer = build_word_level_tokenizer(["a b"], image_token="<img>")
+    with pytest.raises(ValueError, match="no '<image>' token"):
+        MiniVLMProcessor(processor.image_processor, tokenizer)
