@@ -143,32 +143,54 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         vision_tower = AutoModel.from_pretrained(vision_model, **vision_kwargs, **load_kwargs)
         lm = AutoModelForCausalLM.from_pretrained(language_model, **load_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(language_model, **kwargs)
+        return cls.from_parts(vision_tower, lm, tokenizer, image_token=image_token, config_kwargs=config_kwargs)
+
+    @classmethod
+    def from_parts(
+        cls,
+        vision_tower: PreTrainedModel,
+        language_model: PreTrainedModel,
+        tokenizer,
+        image_token: str = "<image>",
+        config_kwargs: dict | None = None,
+    ) -> "MiniVLMForConditionalGeneration":
+        """Assembles a MiniVLM around an instantiated vision encoder and causal LM.
+
+        Adds `image_token` to `tokenizer` (in place) and grows the LM's embeddings to fit it;
+        new rows start at the mean of the existing embeddings, so the result is deterministic
+        and the new token's logit stays at the scale of the others.
+        """
         tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
         image_token_index = tokenizer.convert_tokens_to_ids(image_token)
-        if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
-            lm.resize_token_embeddings(len(tokenizer))
+        embeddings = language_model.get_input_embeddings()
+        old_size = embeddings.num_embeddings
+        if len(tokenizer) > old_size:
+            language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            with torch.no_grad():
+                weight = language_model.get_input_embeddings().weight
+                weight[old_size:] = weight[:old_size].mean(0)
 
         config = MiniVLMConfig(
             vision_config=vision_tower.config.to_dict(),
-            text_config=lm.config.to_dict(),
+            text_config=language_model.config.to_dict(),
             image_token_index=image_token_index,
             **(config_kwargs or {}),
         )
-        # Built on the meta device: the pretrained parts replace the random ones without
+        # Built on the meta device: the given parts replace the random ones without
         # allocating the full model twice; only the projector is new.
         with torch.device("meta"):
             model = cls(config)
         model.vision_tower = vision_tower
-        model.language_model = lm
-        model.multi_modal_projector = MiniVLMMultiModalProjector(config).to(dtype=lm.dtype)
+        model.language_model = language_model
+        model.multi_modal_projector = MiniVLMMultiModalProjector(config).to(dtype=language_model.dtype)
         model.config.vision_config = vision_tower.config
-        model.config.text_config = lm.config
+        model.config.text_config = language_model.config
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
         model.generation_config.bos_token_id = tokenizer.bos_token_id
-        return model
+        return model.eval()  # as from_pretrained returns it
 
     # -- embeddings -------------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Module:
