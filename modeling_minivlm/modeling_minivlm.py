@@ -209,14 +209,15 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         return self.language_model.get_decoder()
 
     # -- vision -----------------------------------------------------------------------
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encodes and projects images.
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Runs the encoder and selects the features the projector reads.
 
         Args:
             pixel_values: `(batch, channels, image_size, image_size)` from the image processor.
 
         Returns:
-            `(batch, image_seq_length, text_hidden_size)` features, one per image token.
+            `(batch, image_seq_length, vision_hidden_size * pixel_shuffle_factor**2)`. With a frozen
+            encoder these can be computed once per image and passed to `forward` as `vision_features`.
         """
         vision_config = self.config.vision_config
         size = vision_config.image_size
@@ -237,7 +238,11 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
             features = features[:, 1:]
         if self.config.pixel_shuffle_factor > 1:
             features = pixel_shuffle(features, self.config.pixel_shuffle_factor)
-        return self.multi_modal_projector(features)
+        return features
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encodes and projects images: `(batch, 3, H, W)` → `(batch, image_seq_length, text_hidden_size)`."""
+        return self.multi_modal_projector(self.get_vision_features(pixel_values))
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
@@ -275,6 +280,7 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        vision_features: torch.FloatTensor | None = None,
         **kwargs,
     ) -> MiniVLMCausalLMOutputWithPast:
         r"""Runs the VLM.
@@ -288,6 +294,8 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
             inputs_embeds: `(batch, seq, hidden)` instead of `input_ids`.
             labels: `(batch, seq)`; -100 positions are ignored, and `<image>` positions always are.
             logits_to_keep: keep only the last N positions' logits (0: all).
+            vision_features: `(batch, image_seq_length, vision_dim)` from `get_vision_features`, in place
+                of `pixel_values` (a frozen encoder's features cached once per image).
 
         Returns:
             [`MiniVLMCausalLMOutputWithPast`] with `loss` (when labels are given), `logits`
@@ -298,15 +306,22 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
+        if pixel_values is not None and vision_features is not None:
+            raise ValueError("Pass pixel_values or vision_features, not both.")
         image_features = None
-        if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values).to(inputs_embeds.device, inputs_embeds.dtype)
+        if vision_features is not None:
+            vision_features = vision_features.to(self.multi_modal_projector.linear_1.weight.dtype)
+            image_features = self.multi_modal_projector(vision_features)
+        elif pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+        if image_features is not None:
+            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
         elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
             if bool((input_ids == self.config.image_token_index).any()):
                 raise ValueError(
-                    "input_ids contain <image> tokens but no pixel_values were given; pass the images "
+                    "input_ids contain <image> tokens but no pixel_values (or vision_features) were given; pass the images "
                     "(processor(images=..., text=...) returns both)."
                 )
 
@@ -332,5 +347,14 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
             image_hidden_states=image_features,
         )
 
+
+    # -- generation -------------------------------------------------------------------------
+    def prepare_inputs_for_generation(self, *args, vision_features=None, is_first_iteration=False, **kwargs):
+        # Like pixel_values (which GenerationMixin drops by itself), cached vision features feed
+        # the first step only: later steps read the images from the KV cache.
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if vision_features is not None and (is_first_iteration or not kwargs.get("use_cache", True)):
+            model_inputs["vision_features"] = vision_features
+        return model_inputs
 
 __all__ = ["MiniVLMForConditionalGeneration", "MiniVLMPreTrainedModel", "MiniVLMMultiModalProjector"]

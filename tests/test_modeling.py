@@ -372,3 +372,23 @@ def test_from_pretrained_parts(tmp_path, processor):
 def test_tokenizer_fixture_has_image_token():
     tokenizer = make_tokenizer()
     assert tokenizer.convert_tokens_to_ids("<image>") == len(tokenizer) - 1
+
+
+def test_cached_vision_features_replace_pixel_values(model, processor):
+    inputs = image_inputs(processor, ["a red circle", "the"])
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    features = model.get_vision_features(inputs["pixel_values"])
+    assert features.shape == (2, 17, 32)
+    from_pixels = model(**inputs, labels=labels)
+    from_features = model(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], vision_features=features, labels=labels
+    )
+    torch.testing.assert_close(from_features.loss, from_pixels.loss)
+    model.generation_config.eos_token_id = None
+    generated = model.generate(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], vision_features=features,
+        max_new_tokens=5, do_sample=False,
+    )
+    torch.testing.assert_close(generated, model.generate(**inputs, max_new_tokens=5, do_sample=False))
+    with pytest.raises(ValueError, match="not both"):
+        model(**inputs, vision_features=features)
