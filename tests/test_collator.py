@@ -1,0 +1,84 @@
+"""Training examples: caption + EOS as target, loss on caption tokens only, the inference prompt,
+seeded reference choice per epoch, dynamic padding, truncation with EOS kept."""
+
+import pytest
+from conftest import make_images
+
+from processing.collator import CaptionCollator, CaptionEpochCallback, choose_caption
+
+
+def examples(n=3, captions=None):
+    captions = captions or [["a red circle", "the red circle on the left", "a circle"]] * n
+    return [{"image": image, "captions": caps, "id": f"img{i}"} for i, (image, caps) in enumerate(zip(make_images(n), captions))]
+
+
+def test_target_is_caption_then_eos_and_loss_covers_it_only(processor, tokenizer):
+    collator = CaptionCollator(processor, seed=0)
+    batch = collator(examples(1, [["a red circle"]]))
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    caption = tokenizer("a red circle", add_special_tokens=False)["input_ids"]
+    assert ids == [processor.image_token_id] * 17 + caption + [tokenizer.eos_token_id]
+    assert labels == [-100] * 17 + caption + [tokenizer.eos_token_id]
+    assert batch["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_prompt_is_tokenised_as_at_inference_and_masked(processor, tokenizer):
+    collator = CaptionCollator(processor, prompt="this image shows")
+    batch = collator(examples(1, [["a dog"]]))
+    inference_ids = processor(images=make_images(1), text="this image shows")["input_ids"][0].tolist()
+    n = len(inference_ids)
+    assert batch["input_ids"][0, :n].tolist() == inference_ids
+    assert (batch["labels"][0, :n] == -100).all()
+    assert batch["labels"][0, n:].tolist() == tokenizer(" a dog", add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
+
+
+def test_batches_are_padded_to_their_longest_sequence(processor, tokenizer):
+    collator = CaptionCollator(processor)
+    batch = collator(examples(2, [["a"], ["a red circle on the left"]]))
+    assert batch["input_ids"].shape == (2, 17 + 6 + 1)
+    assert batch["attention_mask"][0].tolist() == [1] * 19 + [0] * 5
+    assert (batch["input_ids"][0, 19:] == tokenizer.pad_token_id).all()
+    assert (batch["labels"][0, 19:] == -100).all()
+
+
+def test_overlong_captions_are_truncated_with_eos_kept(processor, tokenizer):
+    collator = CaptionCollator(processor, max_caption_tokens=4)
+    batch = collator(examples(1, [["a red circle on the left of the square"]]))
+    target = batch["labels"][0, 17:].tolist()
+    assert len(target) == 4
+    assert target[-1] == tokenizer.eos_token_id
+    assert target[:3] == tokenizer("a red circle", add_special_tokens=False)["input_ids"]
+
+
+def test_reference_choice_is_seeded_and_changes_with_the_epoch():
+    captions = [f"caption {i}" for i in range(5)]
+    picks = {epoch: choose_caption(captions, 42, epoch, "img7") for epoch in range(20)}
+    assert picks == {epoch: choose_caption(captions, 42, epoch, "img7") for epoch in range(20)}
+    assert len(set(picks.values())) > 1  # a different reference in different epochs
+    other_seed = [choose_caption(captions, 43, epoch, "img7") for epoch in range(20)]
+    assert other_seed != list(picks.values())
+
+
+def test_epoch_callback_moves_the_collator_to_the_current_epoch(processor):
+    collator = CaptionCollator(processor)
+    callback = CaptionEpochCallback(collator)
+
+    class State:
+        epoch = 2.5  # halfway through the third epoch, e.g. after resuming
+
+    callback.on_epoch_begin(None, State(), None)
+    assert collator.epoch == 2
+    expected = [choose_caption(e["captions"], 42, 2, e["id"]) for e in examples(3)]
+    decoded = [
+        processor.tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True)
+        for row in collator(examples(3))["labels"].tolist()
+    ]
+    assert decoded == expected
+
+
+def test_tokenizer_without_eos_is_rejected(processor):
+    processor.tokenizer.eos_token = None
+    with pytest.raises(ValueError, match="no EOS token"):
+        CaptionCollator(processor)

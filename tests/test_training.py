@@ -1,0 +1,221 @@
+"""Training on the HF Trainer: presets, freezing, interrupt and exact resume, half-written
+checkpoints, bad data, and the saved output."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from modeling_minivlm import MiniVLMForConditionalGeneration
+from processing.data import BadDataError
+from training.run import apply_freezing, parse_args, train
+from training.trainer import checkpoint_problem, last_complete_checkpoint
+
+
+TINY_VISION = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
+               "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+TINY_TEXT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    from processing.shapes import generate_shapes_dataset
+
+    return str(generate_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=24, num_validation=8,
+                                       num_test=8, image_size=32, seed=0))
+
+
+def tiny_argv(output_dir, shapes_dir, *extra):
+    return [
+        "--preset", "shapes-tiny", "--dataset", shapes_dir, "--output_dir", str(output_dir),
+        "--tiny_vision_config", json.dumps(TINY_VISION), "--tiny_text_config", json.dumps(TINY_TEXT),
+        "--pixel_shuffle_factor", "1", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+        "--disable_tqdm", "true", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "10",
+        "--learning_rate", "5e-3", "--dataloader_num_workers", "0", *extra,
+    ]
+
+
+def weights(model_or_folder) -> dict[str, torch.Tensor]:
+    model = model_or_folder
+    if not isinstance(model, torch.nn.Module):
+        model = MiniVLMForConditionalGeneration.from_pretrained(model_or_folder)
+    return {name: p.detach().clone() for name, p in model.state_dict().items()}
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert different == []
+
+
+# -- arguments ------------------------------------------------------------------------------
+def test_preset_fills_defaults_and_flags_win(tmp_path):
+    model_args, data_args, training_args = parse_args(["--preset", "notebook", "--output_dir", str(tmp_path)])
+    assert model_args.vision_model == "google/vit-large-patch16-224"
+    assert model_args.language_model == "HuggingFaceTB/SmolLM-360M"
+    assert (data_args.dataset, data_args.max_train_samples) == ("jxie/flickr8k", 2000)
+    assert (training_args.num_train_epochs, training_args.learning_rate) == (6, 2e-4)
+    assert training_args.per_device_train_batch_size == 4 and model_args.freeze == "vision"
+    assert training_args.remove_unused_columns is False
+    _, _, overridden = parse_args(["--preset", "notebook", "--learning_rate", "1e-5", "--output_dir", str(tmp_path)])
+    assert overridden.learning_rate == 1e-5
+
+
+def test_arguments_from_a_yaml_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"preset: shapes-tiny\noutput_dir: {tmp_path / 'out'}\nnum_train_epochs: 2\nfreeze: vision\n")
+    model_args, data_args, training_args = parse_args([str(path)])
+    assert training_args.num_train_epochs == 2 and model_args.freeze == "vision"
+    assert data_args.dataset == "shapes" and json.loads(model_args.tiny_vision_config)["model_type"] == "vit"
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset 'flickr'; choose one of notebook, shapes-tiny"):
+        parse_args(["--preset", "flickr", "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "freeze, trains",
+    [("vision", {"multi_modal_projector", "language_model"}), ("projector-only", {"multi_modal_projector"}),
+     ("none", {"vision_tower", "multi_modal_projector", "language_model"})],
+)
+def test_freezing_choices(model, freeze, trains):
+    apply_freezing(model, freeze)
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad == (name.split(".")[0] in trains), name
+
+
+# -- a run, interrupted and resumed ----------------------------------------------------------------
+class InterruptAt(TrainerCallback):
+    """Sends this process a real signal during a given step, as Ctrl+C / kill would."""
+
+    def __init__(self, step, signum=signal.SIGINT):
+        self.step, self.signum = step, signum
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step - 1:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_interrupted_and_resumed_run_ends_bit_exact(tmp_path, shapes_dir):
+    straight = tmp_path / "straight"
+    trainer = train(*parse_args(tiny_argv(straight, shapes_dir, "--max_steps", "8")))
+    assert trainer.state.global_step == 8
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+
+    resumed = tmp_path / "resumed"
+    argv = tiny_argv(resumed, shapes_dir, "--max_steps", "8")
+    interrupted = train(*parse_args(argv), callbacks=[InterruptAt(3, signal.SIGTERM)])
+    assert interrupted.state.global_step == 3
+    assert last_complete_checkpoint(resumed) == str(resumed / "checkpoint-3")  # saved on the signal
+    assert not (resumed / "model.safetensors").exists()  # an interrupted run is not a finished model
+    # The vision encoder trains in this preset: resuming must restore it too, not re-initialise it.
+    finished = train(*parse_args(argv))
+    assert finished.state.global_step == 8
+    assert_same_weights(weights(straight), weights(resumed))
+    assert_same_weights(weights(finished.model), weights(straight))
+
+
+def test_resume_restores_every_parameter(tmp_path, shapes_dir):
+    out = tmp_path / "run"
+    trainer = train(*parse_args(tiny_argv(out, shapes_dir, "--max_steps", "2")))
+    checkpoint = out / "checkpoint-2"
+    saved = weights(checkpoint)
+    torch.manual_seed(123)
+    fresh = MiniVLMForConditionalGeneration(trainer.model.config)
+    trainer.model = fresh
+    trainer._load_from_checkpoint(str(checkpoint))
+    assert_same_weights(weights(fresh), saved)
+
+
+def test_half_written_checkpoint_is_never_resumed_from(tmp_path, shapes_dir, caplog):
+    out = tmp_path / "run"
+    argv = tiny_argv(out, shapes_dir, "--max_steps", "4")
+    train(*parse_args(argv))
+    expected = weights(out)
+    # A crash while saving checkpoint-4: its weights are cut short and trainer_state.json never written.
+    broken = out / "checkpoint-4"
+    (broken / "trainer_state.json").unlink()
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(out) == str(out / "checkpoint-2")
+    assert "Skipping incomplete checkpoint" in caplog.text and "trainer_state.json is missing" in caplog.text
+    (broken / "trainer_state.json").write_text("{}")
+    assert "model.safetensors is unreadable" in checkpoint_problem(broken)
+
+    with pytest.raises(ValueError, match="cannot resume from .*checkpoint-4: model.safetensors is unreadable"):
+        train(*parse_args(argv + ["--resume_from_checkpoint", str(broken)]))
+    shutil.rmtree(broken)
+    (out / "model.safetensors").unlink()
+    resumed = train(*parse_args(argv))  # picks checkpoint-2 and finishes the run
+    assert resumed.state.global_step == 4
+    assert_same_weights(weights(resumed.model), expected)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, shapes_dir):
+    out = tmp_path / "run"
+    argv = tiny_argv(out, shapes_dir, "--max_steps", "100000", "--save_steps", "100000")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "training.run", *argv], stdout=handle, stderr=subprocess.STDOUT)
+        deadline = time.time() + 240
+        while "'loss'" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Received SIGTERM" in text and "run the same command to resume" in text
+    checkpoint = last_complete_checkpoint(out)
+    assert checkpoint is not None and int(checkpoint.rsplit("-", 1)[1]) >= 1
+
+
+# -- data problems stop before training ---------------------------------------------------------------
+def test_too_much_bad_data_stops_before_training(tmp_path, shapes_dir):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    images = sorted((data / "train").glob("*.png"))
+    for path in images[: len(images) // 2]:
+        path.write_bytes(b"not a png")
+    with pytest.raises(BadDataError, match="max_bad_fraction"):
+        train(*parse_args(tiny_argv(tmp_path / "out", str(data), "--max_steps", "2")))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_a_few_bad_images_are_skipped(tmp_path, shapes_dir, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    (sorted((data / "train").glob("*.png"))[0]).write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        trainer = train(*parse_args(tiny_argv(tmp_path / "out", str(data), "--max_steps", "2",
+                                              "--max_bad_fraction", "0.1")))
+    assert len(trainer.train_dataset) == 23
+    assert "empty file" in caplog.text
+
+
+def test_trained_folder_loads_with_remote_code_and_captions(tmp_path, shapes_dir):
+    from transformers import AutoModel, AutoProcessor, pipeline
+
+    out = tmp_path / "run"
+    train(*parse_args(tiny_argv(out, shapes_dir, "--num_train_epochs", "1")))
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "modeling_minivlm.py", "processing_minivlm.py", "tokenizer.json"} <= names
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    assert processor.image_seq_length == model.config.image_seq_length == 16  # CLS dropped in this preset
+    captioner = pipeline("image-to-text", model=str(out), trust_remote_code=True)
+    first_test_image = sorted(Path(shapes_dir, "test").glob("*.png"))[0]
+    caption = captioner(str(first_test_image), max_new_tokens=4)[0]["generated_text"]
+    inputs = processor(images=str(first_test_image))
+    ids = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert caption == processor.post_process_image_text_to_text(ids[:, inputs["input_ids"].shape[1]:])[0]
