@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         "remove_unused_columns": False,  # the collator needs the image and caption columns
         "report_to": "none",
         "bf16": torch.cuda.is_available(),
+        # Without an accelerator, torchrun processes only form a (gloo) process group when the
+        # Trainer is told it runs on CPU; otherwise each trains its own unsynchronised copy.
+        "use_cpu": not torch.cuda.is_available() and not torch.backends.mps.is_available(),
         "save_total_limit": 3,
     }
     if preset_name is not None:
