@@ -66,7 +66,7 @@ def write_model_card(
         repo_id=hub_id,
         vision_description=_describe(model.config.vision_config) if model is not None else "ViT",
         text_description=_describe(model.config.text_config) if model is not None else "Llama",
-        image_seq_length=model.config.image_seq_length if model is not None else "",
+        image_seq_length=model.config.image_seq_length if model is not None else "a fixed number of",
         prompt=prompt,
         dataset=dataset,
         num_train_examples=num_train_examples,
