@@ -147,7 +147,9 @@ def plot_patch_heatmap(model: torch.nn.Module, processor, image: Image.Image, pa
     heat = ax_map.imshow(grid, cmap="hot")
     ax_map.set_title(f"Vision feature magnitude per patch ({grid.shape[0]}x{grid.shape[1]})")
     ax_map.axis("off")
-    fig.colorbar(heat, ax=ax_map, fraction=0.046)
+    colorbar = fig.colorbar(heat, ax=ax_map, fraction=0.046)
+    colorbar.formatter.set_useOffset(False)  # an offset label would sit on the title when the range is narrow
+    colorbar.update_ticks()
     fig.tight_layout()
     _save(fig, path)
     return grid

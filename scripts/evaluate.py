@@ -1,0 +1,141 @@
+"""Evaluate a MiniVLM: caption a split, score it, and draw the pictures.
+
+    python scripts/evaluate.py --model outputs/shapes-tiny --dataset shapes --shapes_dir data/shapes
+    python scripts/evaluate.py --model org/minivlm --dataset jxie/flickr8k --split test --num_beams 3
+
+Writes to --output_dir: `predictions.jsonl` (id, caption, references), `metrics.json` (scores,
+decoding settings, model, dataset, split, number of images), `patch_heatmap.png` (the first
+image), and `loss_curve.png` when the model folder holds `trainer_state.json` (or --log_history
+names a JSON log). Prints the metrics as a table.
+"""
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# This file shares its name with the `evaluate` library that processing.metrics imports; run as
+# `python scripts/evaluate.py`, scripts/ comes first on sys.path and `import evaluate` would find
+# this file instead (a circular import).
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import torch  # noqa: E402
+from transformers import AutoModel, AutoProcessor, HfArgumentParser  # noqa: E402
+
+from training.evaluation import SCORE_KEYS, evaluate_captions, load_evaluation_dataset  # noqa: E402
+from training.model_card import format_metrics  # noqa: E402
+from training.plots import plot_loss_curve, plot_patch_heatmap  # noqa: E402
+
+
+logger = logging.getLogger("minivlm.evaluate")
+
+
+@dataclass
+class EvalArguments:
+    model: str = field(metadata={"help": "A saved MiniVLM: folder or Hub id (loaded with trust_remote_code=True)."})
+    dataset: str = field(
+        default="shapes",
+        metadata={"help": "Hub dataset id, local imagefolder / save_to_disk folder, or 'shapes' (the set at --shapes_dir)."},
+    )
+    shapes_dir: str = field(default="data/shapes", metadata={"help": "Where scripts/train.py generated the shapes set."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    split: str = field(default="test")
+    image_column: str = field(default="image")
+    caption_column: str | None = field(
+        default=None, metadata={"help": "Caption column(s), comma-separated; default: auto-detect."}
+    )
+    max_samples: int | None = field(default=None, metadata={"help": "Seeded subset of the split (default: all)."})
+    seed: int = field(default=42, metadata={"help": "Seed of the --max_samples subset (and of sampling)."})
+    batch_size: int = field(default=32)
+    prompt: str = field(default="", metadata={"help": "Text the caption continues: the prompt used in training."})
+    max_new_tokens: int = field(default=32)
+    num_beams: int = field(default=1)
+    do_sample: bool = field(default=False)
+    skip_meteor: bool = field(default=False, metadata={"help": "Skip METEOR (it needs Java and starts a JVM)."})
+    output_dir: str = field(default="outputs/eval")
+    log_history: str | None = field(
+        default=None, metadata={"help": "trainer_state.json (or a JSON list of log entries) for the loss curve."}
+    )
+    device: str | None = field(default=None, metadata={"help": "Default: cuda when available, else cpu."})
+
+
+def _log_history(args: EvalArguments) -> list[dict] | None:
+    source = Path(args.log_history) if args.log_history else Path(args.model) / "trainer_state.json"
+    if not source.is_file():
+        if args.log_history:
+            raise FileNotFoundError(f"--log_history {args.log_history} does not exist")
+        return None
+    data = json.loads(source.read_text())
+    return data["log_history"] if isinstance(data, dict) else data
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the evaluation and returns what `metrics.json` holds."""
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    torch.manual_seed(args.seed)
+
+    # data
+    source = args.dataset
+    if source == "shapes":
+        source = args.shapes_dir
+        if not (Path(source) / args.split / "metadata.jsonl").is_file():
+            raise FileNotFoundError(
+                f"no shapes split {args.split!r} in {source}; generate it as training did "
+                f"(python -m processing.shapes --output_dir {source} --image_size <model image size>) "
+                "or pass --shapes_dir"
+            )
+    columns = args.caption_column.split(",") if args.caption_column else None
+    dataset = load_evaluation_dataset(
+        source, args.split, dataset_config=args.dataset_config, image_column=args.image_column,
+        caption_column=columns[0] if columns and len(columns) == 1 else columns,
+        max_samples=args.max_samples, seed=args.seed,
+    )
+
+    # model
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=True).to(device).eval()
+    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+
+    # evaluate
+    decoding = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.do_sample}
+    predictions, metrics = evaluate_captions(
+        model, processor, dataset, decoding=decoding, batch_size=args.batch_size, prompt=args.prompt,
+        meteor=False if args.skip_meteor else None,
+    )
+
+    # write
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for prediction in predictions:
+            f.write(json.dumps(prediction, ensure_ascii=False) + "\n")
+    report = {
+        **metrics,
+        "model": args.model,
+        "dataset": args.dataset,
+        "split": args.split,
+        "num_images": len(predictions),
+        "arguments": asdict(args),
+    }
+    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    plot_patch_heatmap(model, processor, dataset[0]["image"], output_dir / "patch_heatmap.png")
+    history = _log_history(args)
+    if history is not None and any("loss" in entry for entry in history):
+        plot_loss_curve(history, output_dir / "loss_curve.png")
+    elif history is not None:
+        logger.warning("the log history holds no training loss: no loss curve")
+
+    scores = {k: metrics[k] for k in (*SCORE_KEYS, "shapes_accuracy") if k in metrics}
+    print(f"{args.model} on {args.dataset} [{args.split}], {len(predictions)} images")
+    print(format_metrics(scores, metrics["decoding"]))
+    for name, reason in metrics.get("unavailable", {}).items():
+        print(f"{name} unavailable: {reason}")
+    print(f"wrote {output_dir}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,240 @@
+"""Evaluation: batched captioning, metrics with their decoding settings, the evaluate script,
+the pictures, and caption metrics inside the Trainer (best checkpoint by CIDEr).
+
+Tiny random models only; noise images make their captions differ from image to image, so that
+order and batching mistakes show.
+"""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import TrainingArguments
+
+from conftest import REPO_ROOT, make_config, make_images, make_model, make_processor
+from processing.collator import CaptionCollator
+from processing.metrics import compute_caption_metrics
+from processing.shapes import generate_shapes_dataset, make_shapes_examples, shapes_accuracy
+from training.evaluation import CaptionEvalCallback, evaluate_captions, generate_captions
+from training.plots import patch_feature_norms, plot_caption_grid, plot_loss_curve, plot_patch_heatmap
+from training.trainer import MiniVLMTrainer
+
+
+CAPTIONS = ["a red circle", "a blue square", "two dog runs in grass", "a cat sits on the left",
+            "a small green triangle", "the yellow square on top"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny matmuls on a busy 2-core machine are ~100x slower with two spinning OpenMP threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_script(name: str):
+    """A file of scripts/ as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"minivlm_script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def caption_dataset(n: int, size: int = 32) -> datasets.Dataset:
+    """Uniform view over noise images, two references each."""
+    return datasets.Dataset.from_dict({
+        "image": make_images(n, size=size),
+        "captions": [[CAPTIONS[i % 6], CAPTIONS[(i + 1) % 6]] for i in range(n)],
+        "id": [f"img{i}" for i in range(n)],
+    })
+
+
+def assert_png(path, min_size=(50, 50)):
+    assert path.is_file() and path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()
+        assert image.size[0] >= min_size[0] and image.size[1] >= min_size[1]
+
+
+def test_generate_captions_matches_one_at_a_time_in_order(model, processor):
+    ds = caption_dataset(7)
+    model.train()  # generate_captions must switch to eval and back
+    batched = generate_captions(model, processor, ds, batch_size=3, max_new_tokens=6, progress=False)
+    assert model.training
+
+    model.eval()
+    single = []
+    for image in ds["image"]:
+        inputs = processor(images=[image], return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        single.append(processor.post_process_image_text_to_text(out[:, inputs["input_ids"].shape[1]:])[0])
+
+    assert batched == single
+    assert len(set(single)) > 2, "captions should differ between images, or order is not tested"
+    # A list of images is captioned like the dataset.
+    assert generate_captions(model, processor, list(ds["image"]), batch_size=4, max_new_tokens=6,
+                             progress=False) == single
+
+
+def test_generate_captions_strips_the_prompt(model, processor):
+    ds = caption_dataset(3)
+    captions = generate_captions(model, processor, ds, prompt="this image shows", max_new_tokens=4, progress=False)
+    assert len(captions) == 3 and all(captions)
+    assert not any(c.startswith("this image") for c in captions), captions
+
+
+def test_evaluate_captions_scores_all_references_and_records_decoding(model, processor):
+    ds = caption_dataset(5)
+    decoding = {"max_new_tokens": 5, "num_beams": 2}
+    predictions, metrics = evaluate_captions(model, processor, ds, decoding=decoding, batch_size=2, meteor=False)
+
+    captions = [p["caption"] for p in predictions]
+    assert [p["id"] for p in predictions] == ds["id"]
+    assert [p["references"] for p in predictions] == ds["captions"]
+    assert captions == generate_captions(model, processor, ds, max_new_tokens=5, num_beams=2, progress=False)
+    expected = compute_caption_metrics(captions, ds["captions"], meteor=False)
+    assert {k: v for k, v in metrics.items() if k != "decoding"} == expected
+    assert metrics["decoding"] == {"max_new_tokens": 5, "num_beams": 2, "do_sample": False, "prompt": ""}
+    assert "shapes_accuracy" not in metrics
+
+    # With an `objects` column (the shapes set) the shapes accuracy joins the metrics.
+    objects = [ex["objects"] for ex in make_shapes_examples(5, 32)]
+    _, with_objects = evaluate_captions(model, processor, ds.add_column("objects", objects),
+                                        decoding=decoding, meteor=False, progress=False)
+    assert with_objects["shapes_accuracy"] == shapes_accuracy(captions, objects)
+
+
+def test_evaluate_script_writes_predictions_metrics_and_pictures(saved_model_dir, tmp_path, capsys):
+    main = load_script("evaluate").main
+
+    shapes_dir = generate_shapes_dataset(tmp_path / "shapes", num_train=0, num_validation=0, num_test=12, image_size=32)
+    model_dir = shutil.copytree(saved_model_dir, tmp_path / "model")
+    log_history = [{"loss": 3.0 - 0.1 * s, "step": s} for s in range(1, 6)] + [{"eval_loss": 2.8, "step": 5}]
+    (model_dir / "trainer_state.json").write_text(json.dumps({"log_history": log_history}))
+    out = tmp_path / "eval"
+
+    main(["--model", str(model_dir), "--dataset", "shapes", "--shapes_dir", str(shapes_dir), "--split", "test",
+          "--batch_size", "5", "--max_new_tokens", "6", "--skip_meteor", "--output_dir", str(out)])
+
+    records = {r["id"]: r for r in map(json.loads, (shapes_dir / "test" / "metadata.jsonl").read_text().splitlines())}
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 12
+    assert sorted(p["id"] for p in predictions) == sorted(records)
+    assert all(p["references"] == records[p["id"]]["captions"] for p in predictions)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    captions = [p["caption"] for p in predictions]
+    expected = compute_caption_metrics(captions, [p["references"] for p in predictions], meteor=False)
+    for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider"):
+        assert metrics[key] == pytest.approx(expected[key])
+    assert metrics["meteor"] is None and "meteor" in metrics["unavailable"]
+    assert metrics["shapes_accuracy"] == shapes_accuracy(captions, [records[p["id"]]["objects"] for p in predictions])
+    assert metrics["decoding"] == {"max_new_tokens": 6, "num_beams": 1, "do_sample": False, "prompt": ""}
+    assert (metrics["model"], metrics["dataset"], metrics["split"], metrics["num_images"]) == (
+        str(model_dir), "shapes", "test", 12)
+
+    assert_png(out / "patch_heatmap.png")
+    assert_png(out / "loss_curve.png")
+    printed = capsys.readouterr().out
+    assert "| cider |" in printed and "| meteor | unavailable |" in printed
+
+
+def test_plots_write_valid_pngs(tmp_path):
+    history = [{"loss": 2.0 / s, "step": s, "epoch": s / 4} for s in range(1, 9)] + [{"eval_loss": 0.5, "step": 8}]
+    assert_png(plot_loss_curve(history, tmp_path / "loss.png"))
+    with pytest.raises(ValueError, match="no training loss"):
+        plot_loss_curve([{"eval_loss": 1.0, "step": 1}], tmp_path / "none.png")
+
+    images = make_images(5)
+    path = plot_caption_grid(images, ["word " * 30] * 5, ["a red circle"] * 5, CAPTIONS[:5], tmp_path / "grid.png", ncols=4)
+    assert_png(path, min_size=(400, 400))
+    with pytest.raises(ValueError, match="one before/after/reference"):
+        plot_caption_grid(images, ["x"] * 4, ["y"] * 5, ["z"] * 5, tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize("patch_size, side", [(8, 4), (4, 8)])
+def test_patch_heatmap_uses_the_patch_grid(tmp_path, patch_size, side):
+    # The encoder output is read directly: the "default" strategy (CLS dropped for the LM) changes nothing here.
+    config = make_config(vision_config={"patch_size": patch_size}, vision_feature_select_strategy="default")
+    model, processor = make_model(config), make_processor(config)
+    image = make_images(1)[0]
+
+    grid = plot_patch_heatmap(model, processor, image, tmp_path / "heatmap.png")
+    assert grid.shape == (side, side)
+    pixel_values = processor.image_processor(image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = model.vision_tower(pixel_values).last_hidden_state[0]
+    assert hidden.shape[0] == side * side + 1
+    np.testing.assert_allclose(grid, hidden[1:].norm(dim=-1).reshape(side, side).numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(grid, patch_feature_norms(model, processor, image))
+    assert_png(tmp_path / "heatmap.png")
+
+
+def _trainer(tmp_path, callback, data, **overrides):
+    config = make_config()
+    processor = make_processor(config)
+    kwargs = dict(
+        output_dir=str(tmp_path / "run"), remove_unused_columns=False, report_to="none", max_steps=4,
+        per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=1e-2, logging_steps=1,
+        use_cpu=True, disable_tqdm=True, seed=0, save_only_model=True,
+    )
+    kwargs.update(overrides)
+    callback = callback(processor)
+    trainer = MiniVLMTrainer(
+        model=make_model(config), args=TrainingArguments(**kwargs), train_dataset=data,
+        eval_dataset=data if kwargs.get("eval_strategy", "no") != "no" else None,
+        data_collator=CaptionCollator(processor), callbacks=[callback],
+    )
+    return trainer
+
+
+def test_caption_eval_callback_keeps_best_checkpoint_by_cider(tmp_path):
+    data = caption_dataset(8)
+    trainer = _trainer(
+        tmp_path, lambda p: CaptionEvalCallback(p, data, max_samples=8, decoding={"max_new_tokens": 6}), data,
+        eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+        metric_for_best_model="eval_cider", greater_is_better=True, load_best_model_at_end=True,
+    )
+    trainer.train()
+
+    logged = [e for e in trainer.state.log_history if "eval_cider" in e]
+    assert [e["step"] for e in logged] == [2, 4]
+    assert {"eval_bleu_1", "eval_bleu_4", "eval_rouge_l"} <= set(logged[0])
+    ciders = [e["eval_cider"] for e in logged]
+    assert max(ciders) > 0
+    best = logged[int(np.argmax(ciders))]
+    # The Trainer chose by CIDEr, not by eval_loss (greater_is_better would pick the worst loss).
+    assert trainer.state.best_metric == max(ciders)
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
+    assert "eval_cider" in trainer.evaluate()
+
+
+def test_caption_eval_callback_every_n_steps_logs_without_trainer_evaluation(tmp_path):
+    data = caption_dataset(8)
+    trainer = _trainer(
+        tmp_path, lambda p: CaptionEvalCallback(p, data, max_samples=3, every_n_steps=2, decoding={"max_new_tokens": 4}),
+        data, eval_strategy="no", save_strategy="no",
+    )
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "eval_cider" in e]
+    assert [e["step"] for e in logged] == [2, 4]
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, CaptionEvalCallback))
+    assert len(callback.last_predictions) == 3
+
+
+def test_evaluate_script_runs_from_the_command_line():
+    # Named like the `evaluate` library: run as a file, it must not shadow it (a circular import).
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "evaluate.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--num_beams" in result.stdout and "--shapes_dir" in result.stdout
