@@ -66,8 +66,10 @@ def card_metadata(readme: bytes) -> dict:
 def test_training_pushes_a_loadable_repo_at_every_save(local_hub, shapes_dir, tmp_path):  # noqa: F811
     argv = tiny_argv(tmp_path / "out", shapes_dir, "--max_steps", "4", "--push_to_hub", "true",
                      "--hub_model_id", "org/minivlm", "--hub_strategy", "every_save", "--hub_always_push", "true",
-                     "--hub_token", local_hub.token)
-    train(*parse_args(argv))
+                     "--hub_token", local_hub.token, "--eval_strategy", "steps", "--eval_steps", "2",
+                     "--caption_eval_samples", "4")
+    trainer = train(*parse_args(argv))
+    assert any("eval_cider" in entry for entry in trainer.state.log_history)
     commits = [c for c in local_hub.commits("org/minivlm") if "model.safetensors" in c["files"]]
     titles = [c["title"] for c in commits]
     assert titles[:2] == ["Training in progress, step 2", "Training in progress, step 4"] and titles[-1] == "End of training"
@@ -85,6 +87,7 @@ def test_training_pushes_a_loadable_repo_at_every_save(local_hub, shapes_dir, tm
     readme = commits[-1]["files"]["README.md"].decode()
     assert 'pipeline("image-to-text", model="org/minivlm", trust_remote_code=True)' in readme
     assert "Steps: 4" in readme
+    assert "| cider |" in readme and "Decoding: split=validation, images=4, max_new_tokens=32" in readme
     run_loader(local_hub, [c["oid"] for c in commits], tmp_path)
 
 

@@ -21,6 +21,7 @@ from processing.collator import CaptionCollator, CaptionEpochCallback
 from processing.data import clean_caption_dataset, load_caption_dataset
 from processing.tokenizer import build_word_level_tokenizer
 
+from .evaluation import DEFAULT_DECODING, CaptionEvalCallback
 from .model_card import write_model_card
 from .presets import PRESETS
 from .trainer import GracefulStopCallback, MiniVLMTrainer, last_complete_checkpoint
@@ -77,6 +78,11 @@ class DataArguments:
         default=0.05, metadata={"help": "Stop before training if more than this fraction of a split is unusable."}
     )
     max_caption_tokens: int = field(default=48, metadata={"help": "Captions are cut to this many tokens, EOS kept."})
+    caption_eval_samples: int = field(
+        default=0,
+        metadata={"help": "Caption this many evaluation images at each evaluation and log BLEU/ROUGE-L/CIDEr "
+                          "(eval_cider works with --metric_for_best_model); the final scores go in the model card."},
+    )
     prompt: str = field(default="", metadata={"help": "Text between image and caption, the same at inference."})
     shapes_dir: str = field(default="data/shapes", metadata={"help": "Where the shapes set is generated."})
     shapes_num_train: int = field(default=3000)
@@ -233,6 +239,14 @@ def train(
         "freeze": model_args.freeze,
     }
     stopper = GracefulStopCallback()
+    extra_callbacks = list(callbacks or [])
+    caption_eval = None
+    if data_args.caption_eval_samples > 0 and eval_dataset is not None:
+        caption_eval = CaptionEvalCallback(
+            processor, eval_dataset, max_samples=data_args.caption_eval_samples, prompt=data_args.prompt,
+            batch_size=training_args.per_device_eval_batch_size,
+        )
+        extra_callbacks.insert(0, caption_eval)  # before any early stopping that reads its metrics
     trainer = MiniVLMTrainer(
         model=model,
         args=training_args,
@@ -240,7 +254,7 @@ def train(
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         data_collator=collator,
         processing_class=processor,
-        callbacks=[CaptionEpochCallback(collator), stopper, *(callbacks or [])],
+        callbacks=[CaptionEpochCallback(collator), stopper, *extra_callbacks],
         model_card=lambda folder: write_model_card(folder, trainer=trainer, **card_context),
     )
 
@@ -254,6 +268,10 @@ def train(
         logger.warning("Interrupted: checkpoint saved in %s; run the same command to resume.", training_args.output_dir)
         return trainer
     trainer.save_model()
+    if caption_eval is not None:
+        card_context["metrics"] = caption_eval.compute(trainer.model)
+        card_context["decoding"] = {"split": data_args.eval_split, "images": len(caption_eval.dataset),
+                                    **DEFAULT_DECODING, **caption_eval.decoding, "prompt": data_args.prompt}
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
         trainer.save_state()
