@@ -74,15 +74,17 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 _SS = 4  # supersampling factor: draw at 4x and box-downsample for anti-aliased edges
 _COLOUR_JITTER = 20
-_SIZE_FRAC = {"small": 0.22, "large": 0.36}  # object extent as a fraction of the image side
+# Object extent as a fraction of the image side: large enough that a tiny ViT with 4-px
+# patches at 32 px sees a shape's edges and corners across several patches.
+_SIZE_FRAC = {"small": 0.28, "large": 0.40}
 # Object centres (fractions of the side). Pairs sit on opposite sides, at least
-# 0.42 apart along the main axis (> 0.40 = max sum of half extents) so never overlap.
+# 0.46 apart along the main axis (> 0.44 = max sum of half extents) so never overlap.
 _SINGLE_POS = {
     "center": (0.5, 0.5),
-    "left": (0.25, 0.5),
-    "right": (0.75, 0.5),
-    "top": (0.5, 0.25),
-    "bottom": (0.5, 0.75),
+    "left": (0.24, 0.5),
+    "right": (0.76, 0.5),
+    "top": (0.5, 0.24),
+    "bottom": (0.5, 0.76),
 }
 _PAIRS = (("left", "right"), ("top", "bottom"))
 _POS_PHRASE = {
@@ -167,7 +169,7 @@ def _place(position: str, size: str, image_size: int, rng: np.random.Generator, 
     extent = _SIZE_FRAC[size] * rng.uniform(0.9, 1.1)
     # A pair gets little jitter along its separating axis (so it never overlaps) and
     # more across it; a lone object gets moderate jitter both ways.
-    main, cross = rng.uniform(-0.04, 0.04), rng.uniform(-0.1, 0.1)
+    main, cross = rng.uniform(-0.03, 0.03), rng.uniform(-0.1, 0.1)
     if pair_axis == "x":
         jx, jy = main, cross
     elif pair_axis == "y":

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"BLEU-4 {metrics['bleu_4']:.3f}  CIDEr-D {metrics['cider']:.3f}  ROUGE-L {metrics['rouge_l']:.3f}")
 
     plot_loss_curve(trainer.state.log_history, out / "loss_curve.png")
-    plot_caption_grid(list(samples["image"]), before, after, [c[0] for c in samples["captions"]],
+    short_before = [text if len(text) <= 40 else text[:39] + "…" for text in before]
+    plot_caption_grid(list(samples["image"]), short_before, after, [c[0] for c in samples["captions"]],
                       out / "captions_before_after.png")
     total = time.perf_counter() - start
     summary = {

@@ -115,7 +115,7 @@ def test_evaluate_captions_scores_all_references_and_records_decoding(model, pro
 
 
 def test_evaluate_script_writes_predictions_metrics_and_pictures(saved_model_dir, tmp_path, capsys):
-    main = load_script("evaluate").main
+    main = load_script("evaluate_model").main
 
     shapes_dir = generate_shapes_dataset(tmp_path / "shapes", num_train=0, num_validation=0, num_test=12, image_size=32)
     model_dir = shutil.copytree(saved_model_dir, tmp_path / "model")
@@ -232,9 +232,17 @@ def test_caption_eval_callback_every_n_steps_logs_without_trainer_evaluation(tmp
     assert len(callback.last_predictions) == 3
 
 
+def test_no_script_shadows_an_installed_module():
+    # Running scripts/x.py puts scripts/ first on sys.path: a script named like a dependency
+    # (evaluate.py, datasets.py, ...) would be imported in its place by every script beside it.
+    import importlib.util
+
+    shadowing = [p.name for p in (REPO_ROOT / "scripts").glob("*.py") if importlib.util.find_spec(p.stem) is not None]
+    assert shadowing == []
+
+
 def test_evaluate_script_runs_from_the_command_line():
-    # Named like the `evaluate` library: run as a file, it must not shadow it (a circular import).
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "evaluate.py"), "--help"],
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "evaluate_model.py"), "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--num_beams" in result.stdout and "--shapes_dir" in result.stdout

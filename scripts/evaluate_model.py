@@ -1,7 +1,10 @@
 """Evaluate a MiniVLM: caption a split, score it, and draw the pictures.
 
-    python scripts/evaluate.py --model outputs/shapes-tiny --dataset shapes --shapes_dir data/shapes
-    python scripts/evaluate.py --model org/minivlm --dataset jxie/flickr8k --split test --num_beams 3
+(Not named evaluate.py: run from scripts/, that name would shadow the `evaluate` library for
+every script beside it.)
+
+    python scripts/evaluate_model.py --model outputs/shapes-tiny --dataset shapes --shapes_dir data/shapes
+    python scripts/evaluate_model.py --model org/minivlm --dataset jxie/flickr8k --split test --num_beams 3
 
 Writes to --output_dir: `predictions.jsonl` (id, caption, references), `metrics.json` (scores,
 decoding settings, model, dataset, split, number of images), `patch_heatmap.png` (the first
@@ -11,22 +14,15 @@ names a JSON log). Prints the metrics as a table.
 
 import json
 import logging
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# This file shares its name with the `evaluate` library that processing.metrics imports; run as
-# `python scripts/evaluate.py`, scripts/ comes first on sys.path and `import evaluate` would find
-# this file instead (a circular import).
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+import torch
+from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
-import torch  # noqa: E402
-from transformers import AutoModel, AutoProcessor, HfArgumentParser  # noqa: E402
-
-from training.evaluation import SCORE_KEYS, evaluate_captions, load_evaluation_dataset  # noqa: E402
-from training.model_card import format_metrics  # noqa: E402
-from training.plots import plot_loss_curve, plot_patch_heatmap  # noqa: E402
+from training.evaluation import SCORE_KEYS, evaluate_captions, load_evaluation_dataset
+from training.model_card import format_metrics
+from training.plots import plot_loss_curve, plot_patch_heatmap
 
 
 logger = logging.getLogger("minivlm.evaluate")
@@ -138,4 +134,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
