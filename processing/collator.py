@@ -65,12 +65,13 @@ class CaptionCollator:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_caption_tokens - 1]
         return ids + [tokenizer.eos_token_id]
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def text_batch(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """`input_ids`, `attention_mask`, `labels` `(batch, seq)` for the examples' chosen captions."""
+        context = self.context_ids()
         sequences, label_rows = [], []
         for example in examples:
             caption = choose_caption(example["captions"], self.seed, self.epoch, str(example["id"]))
             target = self.caption_ids(caption)
-            context = self.context_ids()
             sequences.append(context + target)
             label_rows.append([-100] * len(context) + target)
 
@@ -83,10 +84,12 @@ class CaptionCollator:
             input_ids[row, : len(sequence)] = torch.tensor(sequence)
             attention_mask[row, : len(sequence)] = 1
             labels[row, : len(label)] = torch.tensor(label)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         images = [to_rgb(example["image"]) for example in examples]
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pixel_values": pixel_values}
+        return {**self.text_batch(examples), "pixel_values": pixel_values}
 
 
 class CaptionEpochCallback(TrainerCallback):

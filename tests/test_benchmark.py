@@ -1,0 +1,70 @@
+"""scripts/benchmark.py runs end to end on the `small` preset and reports every section.
+
+Timings are never asserted: only that each figure is there, positive, and the ratios are filled.
+"""
+
+import importlib.util
+import json
+import math
+import sys
+
+import torch
+from conftest import REPO_ROOT
+
+
+def load_benchmark(monkeypatch):
+    """Imports scripts/benchmark.py (scripts/ is not a package) as a module."""
+    spec = importlib.util.spec_from_file_location("minivlm_benchmark", REPO_ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsys, monkeypatch):
+    benchmark = load_benchmark(monkeypatch)
+    output = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        # One thread: steady on a shared 2-core machine, and quick; a few new tokens suffice here.
+        returned = benchmark.main([
+            "--preset", "small", "--steps", "1", "--warmup", "0", "--gen_steps", "1", "--gen_batch_size", "2",
+            "--max_new_tokens", "4", "--threads", "1", "--output_json", str(output),
+        ])
+    finally:
+        torch.set_num_threads(threads)
+
+    results = json.loads(output.read_text())
+    assert results == json.loads(json.dumps(returned))
+    assert results["preset"] == "small" and results["device"] in ("cpu", "cuda") and results["memory_method"]
+
+    training = results["training"]
+    assert list(training) == [
+        "notebook", "minivlm", "minivlm_feature_cache", "minivlm_feature_cache_pixel_shuffle2"
+    ]
+    for name, entry in training.items():
+        for key in ("samples_per_s", "steps_per_s", "tokens_per_s", "supervised_tokens_per_s", "peak_memory_mb",
+                    "speedup_vs_notebook", "memory_vs_notebook", "trainable_parameters"):
+            assert entry[key] > 0, (name, key, entry[key])
+        assert math.isfinite(entry["last_loss"])
+        if results["device"] == "cuda":
+            assert 0 < entry["mfu"] < 1
+    assert training["notebook"]["speedup_vs_notebook"] == 1.0
+    assert training["minivlm_feature_cache"]["speedup_vs_minivlm"] > 0
+    assert training["minivlm_feature_cache_pixel_shuffle2"]["speedup_vs_minivlm"] > 0
+    assert training["notebook"]["image_tokens"] == training["minivlm"]["image_tokens"] == 197
+    assert training["minivlm_feature_cache_pixel_shuffle2"]["image_tokens"] == 49
+    # The frozen encoder is all that differs: same trainable parameters in the notebook and MiniVLM.
+    assert training["notebook"]["trainable_parameters"] == training["minivlm"]["trainable_parameters"]
+
+    generation = results["generation"]
+    assert list(generation) == ["notebook_loop_batch1", "minivlm_batch1", "minivlm_batch2"]
+    for name, entry in generation.items():
+        for key in ("captions_per_s", "new_tokens_per_s", "speedup_vs_notebook"):
+            assert entry[key] > 0, (name, key, entry[key])
+    assert generation["minivlm_batch2"]["batch_size"] == 2
+
+    printed = capsys.readouterr().out
+    for entry in [*training.values(), *generation.values()]:
+        assert entry["label"] in printed
+    assert str(output) in printed
