@@ -219,3 +219,16 @@ def test_trained_folder_loads_with_remote_code_and_captions(tmp_path, shapes_dir
     inputs = processor(images=str(first_test_image))
     ids = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert caption == processor.post_process_image_text_to_text(ids[:, inputs["input_ids"].shape[1]:])[0]
+
+
+def test_training_from_cached_vision_features_matches_pixels(tmp_path, shapes_dir):
+    common = ("--max_steps", "3", "--freeze", "vision", "--save_strategy", "no")
+    from_pixels = train(*parse_args(tiny_argv(tmp_path / "pixels", shapes_dir, *common)))
+    cached = train(*parse_args(tiny_argv(tmp_path / "cached", shapes_dir, *common, "--cache_vision_features", "true")))
+    assert "vision_features" in cached.train_dataset.column_names
+    pixel_losses = [e["loss"] for e in from_pixels.state.log_history if "loss" in e]
+    cached_losses = [e["loss"] for e in cached.state.log_history if "loss" in e]
+    assert cached_losses == pytest.approx(pixel_losses, rel=1e-4)
+    a, b = weights(from_pixels.model), weights(cached.model)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)

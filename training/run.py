@@ -19,6 +19,7 @@ from modeling_minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
 from processing import MiniVLMProcessor
 from processing.collator import CaptionCollator, CaptionEpochCallback
 from processing.data import clean_caption_dataset, load_caption_dataset
+from processing.feature_cache import FeatureCaptionCollator, cache_vision_features
 from processing.tokenizer import build_word_level_tokenizer
 
 from .evaluation import DEFAULT_DECODING, CaptionEvalCallback
@@ -57,6 +58,11 @@ class ModelArguments:
     vision_feature_select_strategy: str = field(default="full", metadata={"help": "'full' keeps CLS, 'default' drops it."})
     pixel_shuffle_factor: int = field(default=1, metadata={"help": "Merge f×f patches into one image token."})
     attn_implementation: str | None = field(default="sdpa", metadata={"help": "'sdpa', 'eager' or 'flash_attention_2'."})
+    cache_vision_features: bool = field(
+        default=False,
+        metadata={"help": "With a frozen encoder, encode every training image once (memory-mapped Arrow) and "
+                          "train the projector and LM from the cached features."},
+    )
 
 
 @dataclass
@@ -227,7 +233,18 @@ def train(
     logger.info("MiniVLM: %s parameters, %s trainable (freeze=%s)",
                 f"{model.num_parameters():,}", f"{trainable:,}", model_args.freeze)
 
-    collator = CaptionCollator(
+    collator_class = CaptionCollator
+    if model_args.cache_vision_features:
+        if model_args.freeze == "none":
+            raise ValueError("--cache_vision_features needs a frozen encoder; use --freeze vision or projector-only.")
+        with training_args.main_process_first(desc="caching vision features"):
+            # "_*" is left out of Hub pushes by the Trainer: the cache stays local.
+            train_dataset = cache_vision_features(
+                model, processor, train_dataset, batch_size=training_args.per_device_eval_batch_size,
+                cache_dir=Path(training_args.output_dir) / "_vision_features",
+            )
+        collator_class = FeatureCaptionCollator
+    collator = collator_class(
         processor, prompt=data_args.prompt, max_caption_tokens=data_args.max_caption_tokens, seed=training_args.seed
     )
     card_context = {
