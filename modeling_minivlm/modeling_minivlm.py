@@ -293,7 +293,10 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
             cache: the KV cache (`transformers.Cache`); `generate()` passes it under this name.
             inputs_embeds: `(batch, seq, hidden)` instead of `input_ids`.
             labels: `(batch, seq)`; -100 positions are ignored, and `<image>` positions always are.
-            logits_to_keep: keep only the last N positions' logits (0: all).
+            logits_to_keep: keep only the last N positions' logits (0: all). With `labels`, the loss
+                then covers the last N positions too: a training batch whose captions all sit in its
+                last N positions (image and prompt first) skips the vocabulary projection of every
+                image position.
             vision_features: `(batch, image_seq_length, vision_dim)` from `get_vision_features`, in place
                 of `pixel_values` (a frozen encoder's features cached once per image).
 
@@ -327,6 +330,8 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
 
         if labels is not None and input_ids is not None:
             labels = labels.masked_fill(input_ids == self.config.image_token_index, -100)
+        if labels is not None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            labels = labels[:, -logits_to_keep:]
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,

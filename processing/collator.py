@@ -27,8 +27,9 @@ class CaptionCollator:
 
     Each sequence is `<image>`×N, the prompt, then the caption truncated to `max_caption_tokens`
     with EOS always last. Returns `input_ids`, `attention_mask`, `labels` `(batch, seq)`, right
-    padded to the batch's longest sequence (labels -100 on image, prompt and padding), and
-    `pixel_values` `(batch, 3, H, W)`.
+    padded to the batch's longest sequence (labels -100 on image, prompt and padding),
+    `pixel_values` `(batch, 3, H, W)`, and `logits_to_keep` (an int: the positions from the last
+    context token on, the only ones whose logits the loss reads).
 
     Args:
         processor: the model's processor (image processor, tokenizer with `<image>`).
@@ -84,7 +85,11 @@ class CaptionCollator:
             input_ids[row, : len(sequence)] = torch.tensor(sequence)
             attention_mask[row, : len(sequence)] = 1
             labels[row, : len(label)] = torch.tensor(label)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        # Every target sits after the shared context: logits (and loss) are needed from the last
+        # context position on, so the LM head skips the image positions.
+        logits_to_keep = length - len(context) + 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                "logits_to_keep": logits_to_keep}
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         images = [to_rgb(example["image"]) for example in examples]

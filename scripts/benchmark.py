@@ -226,7 +226,8 @@ def notebook_batch(captions: list[list[int]], pixel_values: torch.Tensor, pad_id
 
 
 def minivlm_batch(captions: list[list[int]], config: MiniVLMConfig, eos_id: int) -> dict[str, torch.Tensor]:
-    """CaptionCollator's layout: `<image>`×N, caption, EOS; right padded to the longest; labels on the caption."""
+    """CaptionCollator's layout: `<image>`×N, caption, EOS; right padded to the longest; labels on the
+    caption; `logits_to_keep` from the last image token on (the LM head skips the image positions)."""
     image = [config.image_token_index] * config.image_seq_length
     sequences = [image + caption + [eos_id] for caption in captions]
     length = max(map(len, sequences))
@@ -237,7 +238,7 @@ def minivlm_batch(captions: list[list[int]], config: MiniVLMConfig, eos_id: int)
         ids[row, : len(sequence)] = torch.tensor(sequence)
         mask[row, : len(sequence)] = 1
         labels[row, len(image) : len(sequence)] = torch.tensor(sequence[len(image) :])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "logits_to_keep": length - len(image) + 1}
 
 
 def synchronize(device: torch.device) -> None:
@@ -357,7 +358,7 @@ def bench_training(run: str, args: BenchmarkArguments, device: torch.device) -> 
         batch = notebook_batch(captions, pixel_values, eos_id) if run == "notebook" else {
             **minivlm_batch(captions, config, eos_id), "pixel_values": pixel_values
         }
-        batches.append({k: v.to(device) for k, v in batch.items()})
+        batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
 
     use_bf16 = device.type == "cuda" and run != "notebook"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()

@@ -2,6 +2,7 @@
 seeded reference choice per epoch, dynamic padding, truncation with EOS kept."""
 
 import pytest
+import torch
 from conftest import make_images
 
 from processing.collator import CaptionCollator, CaptionEpochCallback, choose_caption
@@ -82,3 +83,14 @@ def test_tokenizer_without_eos_is_rejected(processor):
     processor.tokenizer.eos_token = None
     with pytest.raises(ValueError, match="no EOS token"):
         CaptionCollator(processor)
+
+
+def test_loss_from_the_kept_window_equals_the_full_loss(processor, model):
+    batch = CaptionCollator(processor, prompt="this")(examples(3, [["a"], ["a red circle on the left"], ["the dog"]]))
+    n = batch["logits_to_keep"]
+    assert n == batch["input_ids"].shape[1] - 18 + 1  # from the last context token (17 image + 1 prompt) on
+    windowed = model(**batch)
+    full = model(**{k: v for k, v in batch.items() if k != "logits_to_keep"})
+    assert windowed.logits.shape[1] == n
+    torch.testing.assert_close(windowed.loss, full.loss)
+    torch.testing.assert_close(windowed.logits, full.logits[:, -n:])
