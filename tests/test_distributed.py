@@ -3,6 +3,7 @@ examples and end with the same weights."""
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,12 @@ from test_training import shapes_dir, tiny_argv  # noqa: F401 (fixture)
                     reason="torchrun is not installed")
 def test_two_processes_split_the_data_and_agree_on_weights(tmp_path, shapes_dir):  # noqa: F811
     torchrun = str(Path(sys.executable).with_name("torchrun"))
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     argv = tiny_argv(tmp_path / "out", shapes_dir, "--max_steps", "3", "--ddp_backend", "gloo", "--save_strategy", "no")
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(Path(__file__).with_name("ddp_worker.py")),
+        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), str(Path(__file__).with_name("ddp_worker.py")),
          str(tmp_path), *argv],
         capture_output=True, text=True, timeout=300,
     )
