@@ -40,7 +40,7 @@ def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsy
 
     training = results["training"]
     assert list(training) == [
-        "notebook", "minivlm", "minivlm_feature_cache", "minivlm_feature_cache_pixel_shuffle2"
+        "notebook", "minivlm", "minivlm_feature_cache", "minivlm_pixel_shuffle2", "minivlm_feature_cache_pixel_shuffle2"
     ]
     for name, entry in training.items():
         for key in ("samples_per_s", "steps_per_s", "tokens_per_s", "supervised_tokens_per_s", "peak_memory_mb",
@@ -52,6 +52,8 @@ def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsy
     assert training["notebook"]["speedup_vs_notebook"] == 1.0
     assert training["minivlm_feature_cache"]["speedup_vs_minivlm"] > 0
     assert training["minivlm_feature_cache_pixel_shuffle2"]["speedup_vs_minivlm"] > 0
+    assert training["minivlm_feature_cache"]["speedup_vs_uncached"] > 0
+    assert training["minivlm_feature_cache_pixel_shuffle2"]["speedup_vs_uncached"] > 0
     assert training["notebook"]["image_tokens"] == training["minivlm"]["image_tokens"] == 197
     assert training["minivlm_feature_cache_pixel_shuffle2"]["image_tokens"] == 49
     # The frozen encoder is all that differs: same trainable parameters in the notebook and MiniVLM.
