@@ -6,7 +6,7 @@
     accelerate launch scripts/train.py --preset notebook ...                            # several GPUs
     torchrun --nproc_per_node 2 scripts/train.py ...
 
-Every TrainingArguments flag works (--bf16, --gradient_checkpointing, --push_to_hub
+All TrainingArguments flags are accepted (--bf16, --gradient_checkpointing, --push_to_hub
 --hub_model_id org/minivlm, --report_to tensorboard, --deepspeed ds.json, --fsdp ...).
 Ctrl+C or SIGTERM saves a checkpoint and stops; the same command resumes from the last
 complete checkpoint.
