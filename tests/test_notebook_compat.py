@@ -6,7 +6,6 @@ import sys
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from conftest import REPO_ROOT, make_images, make_processor
 from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTImageProcessorPil, ViTModel
 

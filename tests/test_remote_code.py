@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import make_images
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
 
