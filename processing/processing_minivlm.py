@@ -117,8 +117,14 @@ class MiniVLMProcessor(ProcessorMixin):
             images = [images]
         prepared = []
         for index, image in enumerate(images):
-            if isinstance(image, str) or (hasattr(image, "__fspath__")):
-                image = load_image(str(image))
+            if isinstance(image, str) or hasattr(image, "__fspath__"):
+                try:
+                    image = load_image(str(image))
+                except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+                    raise ValueError(
+                        f"could not read image {index} ({image}): {error}; check that the file exists and is a "
+                        "complete image (PNG, JPEG, ...)."
+                    ) from error
             if not isinstance(image, Image.Image):
                 raise ValueError(
                     f"image {index} is a {type(image).__name__}, not an image; pass PIL images, local paths or "
