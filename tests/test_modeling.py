@@ -363,7 +363,8 @@ def test_from_pretrained_parts(tmp_path, processor):
 
     inputs = vlm_processor(images=make_images(1), text="a red")
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert out.shape == (1, inputs["input_ids"].shape[1] + 3) or out.shape[1] <= inputs["input_ids"].shape[1] + 3
+    prompt_length = inputs["input_ids"].shape[1]
+    assert out.shape[0] == 1 and prompt_length < out.shape[1] <= prompt_length + 3  # may stop early at EOS
     model.save_pretrained(tmp_path / "vlm")
     reloaded = MiniVLMForConditionalGeneration.from_pretrained(tmp_path / "vlm")
     torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
