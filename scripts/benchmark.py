@@ -4,9 +4,9 @@
     python scripts/benchmark.py --preset notebook --train_batch_size 32 --output_json outputs/bench-h200.json
 
 Models are built from configs (random weights, no download): `notebook` has the real shapes
-(ViT-L/16-224 + SmolLM-360M, 667 M parameters), `small` a few layers of each at realistic
-widths, 224-px images and an 8k vocabulary. Inputs are synthetic and seeded: random pixels,
-random caption tokens of 8–20 tokens (Flickr8k's captions are ~12 words).
+(ViT-L/16-224 + SmolLM-360M, 667 M parameters), `small` the same widths with a few layers
+(ViT 3, LM 4), 224-px images and an 8k vocabulary (85 M parameters). Inputs are synthetic and
+seeded: random pixels, random caption tokens of 8–20 tokens (Flickr8k's captions are ~12 words).
 
 Training, samples/s and tokens/s of one optimizer step (forward, backward, clip, AdamW):
 
@@ -14,8 +14,8 @@ Training, samples/s and tokens/s of one optimizer step (forward, backward, clip,
   batch 4, captions padded to 64 tokens, the frozen ViT run on every step under no_grad,
   `torch.cat([projector(vit(pixels).last_hidden_state), embed(ids)])` fed to the LM.
 - (b) `minivlm`: MiniVLM's training step as the Trainer runs it with `--freeze vision`
-  (`requires_grad=False` on the encoder): padding to the batch's longest caption, sdpa, and
-  on CUDA bf16 autocast and fused AdamW (fp32 on CPU).
+  (`requires_grad=False` on the encoder): padding to the batch's longest caption, sdpa, no LM
+  head on image positions, the Trainer's fused AdamW, and bf16 autocast on CUDA (fp32 on CPU).
 - (c) `minivlm_feature_cache`: (b) on features precomputed by the frozen encoder
   (`processing.feature_cache`): only the projector and the LM run.
 - (d) `minivlm_pixel_shuffle2`: (b) with pixel shuffle 2 (49 image tokens, not 197).
@@ -26,7 +26,10 @@ Training, samples/s and tokens/s of one optimizer step (forward, backward, clip,
 Generation, captions/s for a fixed 32 new tokens (greedy, `min_new_tokens=max_new_tokens`):
 the notebook's per-token loop (re-runs the image embeddings and the whole sequence through
 the LM for every token, batch 1, fp32) against `model.generate` with the KV cache at batch 1
-and batch `--gen_batch_size` (bf16 weights on CUDA, fp32 on CPU).
+and batch `--gen_batch_size`: bf16 weights on CUDA; on CPU fp32, and bf16 as well where the CPU
+has native bf16 matmuls (`--gen_precisions`). The fp32 rows are the cache's and batching's gain
+alone; the bf16 rows add what bf16 weights give. Last, the pixel-shuffle model (49 image
+tokens) in the last precision: a shorter prefill and a shorter KV cache.
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` above what was allocated before the
 model was built; on CPU the peak resident set size (RSS) above the RSS before the model was
@@ -79,17 +82,11 @@ from modeling_minivlm.configuration_minivlm import SMOLLM_360M, VIT_LARGE_PATCH1
 PRESETS: dict[str, dict[str, dict]] = {
     # ViT-L/16-224 (24 layers, 1024 wide) + SmolLM-360M (32 layers, 960 wide, vocab 49153).
     "notebook": {"vision_config": {}, "text_config": {}},
-    # A few layers at realistic widths. Frozen-vision forward FLOPs per LM training FLOP: 0.29,
-    # the notebook's shapes 0.26; so the feature cache saves here about what it saves there.
-    "small": {
-        "vision_config": {
-            "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
-        },
-        "text_config": {
-            "vocab_size": 8192, "hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2,
-        },
-    },
+    # The notebook's widths and heads with a few of its layers: ViT 3 of 24 and LM 4 of 32 (the same
+    # 3:4), 224-px images, an 8k vocabulary. Per token and layer it costs what the notebook's model
+    # costs, so the ratios carry over: the frozen ViT's forward is 0.28 of the FLOPs of an LM
+    # training step here, 0.29 with the notebook's shapes.
+    "small": {"vision_config": {"num_hidden_layers": 3}, "text_config": {"num_hidden_layers": 4, "vocab_size": 8192}},
 }
 
 # The training runs, in order: a label, whether features are precomputed, MiniVLMConfig overrides.
@@ -113,6 +110,7 @@ TRAINING_RUNS: dict[str, dict[str, Any]] = {
 CAPTION_TOKENS = (8, 20)  # synthetic caption lengths, before EOS
 NOTEBOOK_MAX_LENGTH = 64  # the notebook pads every caption to 64 tokens
 PROMPT_TOKENS = 3  # the notebook's generation prompt, "This image shows"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -129,7 +127,14 @@ class BenchmarkArguments:
         default=2, metadata={"help": "Timed generate calls at each batch size (the notebook loop: one caption)."}
     )
     max_new_tokens: int = field(default=32, metadata={"help": "Tokens generated per caption (exactly)."})
-    pixel_shuffle: bool = field(default=True, metadata={"help": "Also run (d), pixel shuffle 2 with the feature cache."})
+    pixel_shuffle: bool = field(
+        default=True, metadata={"help": "Also run (d) and (e) (pixel shuffle 2) and generate with pixel shuffle 2."}
+    )
+    gen_precisions: str = field(
+        default="auto",
+        metadata={"help": "Precisions of the MiniVLM generate runs, a comma list of fp32 and bf16. 'auto': bf16 on "
+                          "CUDA; fp32 on CPU, and bf16 too where the CPU has native bf16 (AVX512-BF16 or AMX)."},
+    )
     threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads (default: torch's choice); 1 is steadier on a busy machine."}
     )
@@ -388,7 +393,9 @@ def bench_training(run: str, args: BenchmarkArguments, device: torch.device) -> 
                 for batch in batches:
                     batch["vision_features"] = model.get_vision_features(batch.pop("pixel_values"))
         trainable = [p for p in model.parameters() if p.requires_grad]
-        fused = {"fused": True} if device.type == "cuda" and run != "notebook" else {}
+        # MiniVLM: the Trainer's default optimizer (optim="adamw_torch_fused" since torch 2.8), on CPU
+        # as on CUDA. The notebook: its own `torch.optim.AdamW(params, lr)` (the foreach kernel).
+        fused = {} if run == "notebook" else {"fused": True}
         optimizer = torch.optim.AdamW(trainable, lr=2e-4, **fused)
 
         losses = []
@@ -444,12 +451,32 @@ def bench_training(run: str, args: BenchmarkArguments, device: torch.device) -> 
 
 
 # -- generation ----------------------------------------------------------------------------------------
+def generation_precisions(args: BenchmarkArguments, device: torch.device) -> list[str]:
+    """`--gen_precisions` resolved: 'auto' is bf16 on CUDA; fp32 on CPU, plus bf16 where the CPU has
+    native bf16 matmuls (AVX512-BF16 or AMX, as oneDNN reports it): elsewhere bf16 is emulated, slower."""
+    if args.gen_precisions != "auto":
+        precisions = [p.strip() for p in args.gen_precisions.split(",") if p.strip()]
+        unknown = sorted(set(precisions) - set(DTYPES))
+        if unknown or not precisions:
+            raise ValueError(f"--gen_precisions: expected 'auto' or a comma list of {sorted(DTYPES)}, got {args.gen_precisions!r}.")
+        return precisions
+    if device.type == "cuda":
+        return ["bf16"]
+    return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX512-BF16 or AMX)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def bench_generation(args: BenchmarkArguments, device: torch.device) -> dict[str, dict[str, Any]]:
-    """Captions/s of the notebook loop (batch 1) and of `generate` with the KV cache (batch 1 and N)."""
-    config = build_config(args.preset)
+    """Captions/s of the notebook loop (batch 1, fp32) and of `generate` with the KV cache (batch 1 and N)
+    in each precision of `generation_precisions`, and with pixel shuffle 2 in the last of them."""
     gen_steps = args.gen_steps
     rng = random.Random(args.seed)
     set_seed(args.seed)
+    config = build_config(args.preset)
     size = config.vision_config.image_size
     prompt = [rng.randrange(4, config.text_config.vocab_size - 1) for _ in range(PROMPT_TOKENS)]
     results = {}
@@ -462,35 +489,40 @@ def bench_generation(args: BenchmarkArguments, device: torch.device) -> dict[str
     # One caption, no warm-up: its 32 full forward passes average themselves.
     seconds = timed(lambda i: notebook.generate_loop(pixel_values, prompt_ids, args.max_new_tokens), 0, 1, device)
     results["notebook_loop_batch1"] = {"label": "notebook loop, no KV cache (fp32)", "batch_size": 1,
-                                       "captions": 1, "seconds": seconds[0]}
+                                       "image_tokens": config.image_seq_length, "captions": 1, "seconds": seconds[0]}
     del notebook
     _release_memory(device)
 
-    torch.manual_seed(args.seed)
-    model = build_minivlm(config, device).eval()
-    if device.type == "cuda":
-        model.to(torch.bfloat16)
-    for batch_size in sorted({1, args.gen_batch_size}):
-        ids = torch.tensor([[config.image_token_index] * config.image_seq_length + prompt] * batch_size, device=device)
-        inputs = {
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
-            "pixel_values": torch.randn(batch_size, 3, size, size, device=device, dtype=model.dtype),
-        }
+    precisions = generation_precisions(args, device)
+    variants = [("minivlm", "MiniVLM generate", {}, precision) for precision in precisions]
+    if args.pixel_shuffle:
+        variants.append(("minivlm_pixel_shuffle2", "MiniVLM + pixel shuffle 2",
+                         TRAINING_RUNS["minivlm_pixel_shuffle2"]["config"], precisions[-1]))
+    for name, label, overrides, precision in variants:
+        config = build_config(args.preset, **overrides)
+        torch.manual_seed(args.seed)
+        model = build_minivlm(config, device).to(DTYPES[precision]).eval()
+        for batch_size in sorted({1, args.gen_batch_size}):
+            ids = torch.tensor([[config.image_token_index] * config.image_seq_length + prompt] * batch_size, device=device)
+            inputs = {
+                "input_ids": ids,
+                "attention_mask": torch.ones_like(ids),
+                "pixel_values": torch.randn(batch_size, 3, size, size, device=device, dtype=model.dtype),
+            }
 
-        def generate(i: int) -> None:
-            out = model.generate(**inputs, do_sample=False, min_new_tokens=args.max_new_tokens,
-                                 max_new_tokens=args.max_new_tokens)
-            assert out.shape[1] - ids.shape[1] == args.max_new_tokens, "generate stopped early"
+            def generate(i: int) -> None:
+                out = model.generate(**inputs, do_sample=False, min_new_tokens=args.max_new_tokens,
+                                     max_new_tokens=args.max_new_tokens)
+                assert out.shape[1] - ids.shape[1] == args.max_new_tokens, "generate stopped early"
 
-        seconds = timed(generate, min(args.warmup, 1), gen_steps, device)
-        results[f"minivlm_batch{batch_size}"] = {
-            "label": f"MiniVLM generate, KV cache ({'bf16' if device.type == 'cuda' else 'fp32'})",
-            "batch_size": batch_size, "captions": batch_size, "seconds": statistics.median(seconds),
-            "seconds_all": seconds,
-        }
-    del model
-    _release_memory(device)
+            seconds = timed(generate, min(args.warmup, 1), gen_steps, device)
+            results[f"{name}_{precision}_batch{batch_size}"] = {
+                "label": f"{label}, KV cache ({precision})", "batch_size": batch_size, "precision": precision,
+                "image_tokens": config.image_seq_length, "captions": batch_size,
+                "seconds": statistics.median(seconds), "seconds_all": seconds,
+            }
+        del model
+        _release_memory(device)
 
     baseline = results["notebook_loop_batch1"]["captions"] / results["notebook_loop_batch1"]["seconds"]
     for entry in results.values():
@@ -525,10 +557,10 @@ def format_tables(results: dict[str, Any]) -> str:
             + (f"  cache: {entry['speedup_vs_uncached']:.2f}x" if "speedup_vs_uncached" in entry else "")
         )
     lines += ["", f"{'generation (' + str(results['max_new_tokens']) + ' new tokens)':44} {'batch':>5} "
-                  f"{'captions/s':>10} {'new tok/s':>10} {'vs loop':>8}"]
+                  f"{'img tok':>7} {'captions/s':>10} {'new tok/s':>10} {'vs loop':>8}"]
     for entry in results["generation"].values():
         lines.append(
-            f"{entry['label']:44} {entry['batch_size']:>5} {entry['captions_per_s']:>10.2f} "
+            f"{entry['label']:44} {entry['batch_size']:>5} {entry['image_tokens']:>7} {entry['captions_per_s']:>10.2f} "
             f"{entry['new_tokens_per_s']:>10.1f} {entry['speedup_vs_notebook']:>7.1f}x"
         )
     return "\n".join(lines)

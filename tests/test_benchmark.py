@@ -8,6 +8,7 @@ import json
 import math
 import sys
 
+import pytest
 import torch
 from conftest import REPO_ROOT
 
@@ -29,7 +30,7 @@ def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsy
         # One thread: steady on a shared 2-core machine, and quick; a few new tokens suffice here.
         returned = benchmark.main([
             "--preset", "small", "--steps", "1", "--warmup", "0", "--gen_steps", "1", "--gen_batch_size", "2",
-            "--max_new_tokens", "4", "--threads", "1", "--output_json", str(output),
+            "--max_new_tokens", "4", "--threads", "1", "--gen_precisions", "fp32,bf16", "--output_json", str(output),
         ])
     finally:
         torch.set_num_threads(threads)
@@ -60,13 +61,34 @@ def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsy
     assert training["notebook"]["trainable_parameters"] == training["minivlm"]["trainable_parameters"]
 
     generation = results["generation"]
-    assert list(generation) == ["notebook_loop_batch1", "minivlm_batch1", "minivlm_batch2"]
+    assert list(generation) == [
+        "notebook_loop_batch1", "minivlm_fp32_batch1", "minivlm_fp32_batch2", "minivlm_bf16_batch1",
+        "minivlm_bf16_batch2", "minivlm_pixel_shuffle2_bf16_batch1", "minivlm_pixel_shuffle2_bf16_batch2",
+    ]
     for name, entry in generation.items():
         for key in ("captions_per_s", "new_tokens_per_s", "speedup_vs_notebook"):
             assert entry[key] > 0, (name, key, entry[key])
-    assert generation["minivlm_batch2"]["batch_size"] == 2
+    assert generation["minivlm_fp32_batch2"]["batch_size"] == 2
+    assert generation["minivlm_bf16_batch1"]["precision"] == "bf16"
+    assert generation["minivlm_pixel_shuffle2_bf16_batch2"]["image_tokens"] == 49
 
     printed = capsys.readouterr().out
     for entry in [*training.values(), *generation.values()]:
         assert entry["label"] in printed
     assert str(output) in printed
+
+
+def test_generation_precisions(monkeypatch):
+    benchmark = load_benchmark(monkeypatch)
+    args = benchmark.BenchmarkArguments()
+    assert benchmark.generation_precisions(args, torch.device("cuda")) == ["bf16"]
+    # On CPU, bf16 only where it runs natively: emulated bf16 would be slower than fp32.
+    monkeypatch.setattr(benchmark, "cpu_has_native_bf16", lambda: True)
+    assert benchmark.generation_precisions(args, torch.device("cpu")) == ["fp32", "bf16"]
+    monkeypatch.setattr(benchmark, "cpu_has_native_bf16", lambda: False)
+    assert benchmark.generation_precisions(args, torch.device("cpu")) == ["fp32"]
+    args.gen_precisions = "bf16, fp32"
+    assert benchmark.generation_precisions(args, torch.device("cpu")) == ["bf16", "fp32"]
+    args.gen_precisions = "fp16"
+    with pytest.raises(ValueError, match="--gen_precisions"):
+        benchmark.generation_precisions(args, torch.device("cpu"))
