@@ -66,6 +66,19 @@ class CaptionCollator:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_caption_tokens - 1]
         return ids + [tokenizer.eos_token_id]
 
+    def sequence_length(self, captions: list[str]) -> int:
+        """The length of an example's training sequence, its captions averaged: the collator draws one
+        of them per epoch. What length grouping (`--train_sampling_strategy group_by_length`) sorts by."""
+        targets = [len(self.caption_ids(caption)) for caption in captions]
+        return len(self.context_ids()) + round(sum(targets) / len(targets))
+
+    def add_length_column(self, dataset, column: str = "length"):
+        """`dataset` with `column` = `sequence_length` of each example, read from the captions alone
+        (no image is decoded); the other columns are left as they are, memory-mapped."""
+        if column in dataset.column_names:
+            return dataset
+        return dataset.add_column(column, [self.sequence_length(captions) for captions in dataset["captions"]])
+
     def text_batch(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """`input_ids`, `attention_mask`, `labels` `(batch, seq)` for the examples' chosen captions."""
         context = self.context_ids()

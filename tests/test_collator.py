@@ -94,3 +94,25 @@ def test_loss_from_the_kept_window_equals_the_full_loss(processor, model):
     assert windowed.logits.shape[1] == n
     torch.testing.assert_close(windowed.loss, full.loss)
     torch.testing.assert_close(windowed.logits, full.logits[:, -n:])
+
+
+def test_length_column_is_the_collated_length_and_reads_no_image(processor):
+    from datasets import Dataset, Features, Image, Sequence, Value
+
+    collator = CaptionCollator(processor, prompt="this image shows", max_caption_tokens=6)
+    one = collator([{"image": make_images(1)[0], "captions": ["a red circle"], "id": "x"}])
+    assert collator.sequence_length(["a red circle"]) == one["input_ids"].shape[1]
+    # Several references: their mean, since each epoch draws one; truncation counts.
+    lengths = [len(collator.caption_ids(c)) for c in ("a", "a red circle on the left of the square")]
+    assert lengths == [2, 6]
+    assert collator.sequence_length(["a", "a red circle on the left of the square"]) == len(collator.context_ids()) + 4
+
+    # Undecodable image bytes: building the column must not touch the images.
+    features = Features({"image": Image(), "captions": Sequence(Value("string")), "id": Value("string")})
+    dataset = Dataset.from_dict(
+        {"image": [{"bytes": b"not an image", "path": None}] * 2, "captions": [["a"], ["a red circle"]], "id": ["0", "1"]},
+        features=features,
+    )
+    with_length = collator.add_length_column(dataset)
+    assert with_length["length"] == [collator.sequence_length(["a"]), collator.sequence_length(["a red circle"])]
+    assert with_length.column_names == [*dataset.column_names, "length"]

@@ -232,3 +232,20 @@ def test_training_from_cached_vision_features_matches_pixels(tmp_path, shapes_di
     a, b = weights(from_pixels.model), weights(cached.model)
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
+
+
+def test_group_by_length_reads_lengths_from_the_captions_and_resumes_bit_exact(tmp_path, shapes_dir):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    grouping = ("--max_steps", "6", "--train_sampling_strategy", "group_by_length")
+    straight = train(*parse_args(tiny_argv(tmp_path / "straight", shapes_dir, *grouping)))
+    dataset = straight.train_dataset
+    assert isinstance(straight._get_train_sampler(), LengthGroupedSampler)
+    assert dataset["length"] == [straight.data_collator.sequence_length(c) for c in dataset["captions"]]
+
+    argv = tiny_argv(tmp_path / "resumed", shapes_dir, *grouping)
+    interrupted = train(*parse_args(argv), callbacks=[InterruptAt(3)])
+    assert interrupted.state.global_step == 3
+    finished = train(*parse_args(argv))
+    assert finished.state.global_step == 6
+    assert_same_weights(weights(finished.model), weights(straight.model))

@@ -246,6 +246,10 @@ def train(
     collator = collator_class(
         processor, prompt=data_args.prompt, max_caption_tokens=data_args.max_caption_tokens, seed=training_args.seed
     )
+    if training_args.train_sampling_strategy in ("group_by_length", "batch_rebalance"):
+        # The Trainer's samplers read the lengths from this column; without it they would build
+        # every example (decoding its image) to measure it.
+        train_dataset = collator.add_length_column(train_dataset, training_args.length_column_name)
     card_context = {
         "base_model": [m for m in (model_args.vision_model, model_args.language_model) if m and not model_args.tiny_text_config],
         "dataset": data_args.dataset,
