@@ -23,6 +23,10 @@ Training, samples/s and tokens/s of one optimizer step (forward, backward, clip,
   encoder's forward, so its gain grows as the LM's share of a step shrinks: compare (c)/(b)
   with (e)/(d).
 
+Caption padding (a count, not a timing): caption positions per example in batches of
+`--train_batch_size`, padded to 64 as in the notebook, to the batch's longest (the collator), and
+to the batch's longest with length grouping (`--train_sampling_strategy group_by_length`).
+
 Generation, captions/s for a fixed 32 new tokens (greedy, `min_new_tokens=max_new_tokens`):
 the notebook's per-token loop (re-runs the image embeddings and the whole sequence through
 the LM for every token, batch 1, fp32) against `model.generate` with the KV cache at batch 1
@@ -450,6 +454,37 @@ def bench_training(run: str, args: BenchmarkArguments, device: torch.device) -> 
     return result
 
 
+# -- padding -------------------------------------------------------------------------------------------
+def padding_figures(args: BenchmarkArguments, examples: int = 4000) -> dict[str, dict[str, Any]]:
+    """Caption positions per example (padding included) for `examples` synthetic captions of the
+    benchmark's lengths in batches of `--train_batch_size`: padded to 64 as the notebook does, to each
+    batch's longest in random order (the collator), and with length grouping on top (the Trainer's
+    `LengthGroupedSampler`, `--train_sampling_strategy group_by_length`). A count, not a timing:
+    every LM position of a training step costs the same, so fewer positions is a proportional gain
+    for the LM part of the step (image positions are not padded and are left out here)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    rng = random.Random(args.seed)
+    lengths = [rng.randint(*CAPTION_TOKENS) + 1 for _ in range(examples)]  # + EOS
+    batch = args.train_batch_size
+
+    def positions(order: list[int]) -> float:
+        batches = [order[i : i + batch] for i in range(0, len(order), batch)]
+        return sum(len(b) * max(lengths[j] for j in b) for b in batches) / len(order)
+
+    shuffled = list(range(examples))
+    rng.shuffle(shuffled)
+    grouped = list(LengthGroupedSampler(batch, lengths=lengths, generator=torch.Generator().manual_seed(args.seed)))
+    rows = {
+        "notebook_pad_to_64": ("padded to 64 (notebook)", float(NOTEBOOK_MAX_LENGTH)),
+        "dynamic": ("to the batch's longest, random order", positions(shuffled)),
+        "dynamic_grouped": ("to the batch's longest, grouped by length", positions(grouped)),
+    }
+    tokens = sum(lengths) / examples
+    return {name: {"label": label, "caption_positions_per_example": value, "caption_tokens_per_example": tokens,
+                   "padding_share": 1 - tokens / value} for name, (label, value) in rows.items()}
+
+
 # -- generation ----------------------------------------------------------------------------------------
 def generation_precisions(args: BenchmarkArguments, device: torch.device) -> list[str]:
     """`--gen_precisions` resolved: 'auto' is bf16 on CUDA; fp32 on CPU, plus bf16 where the CPU has
@@ -556,6 +591,10 @@ def format_tables(results: dict[str, Any]) -> str:
             + (f" {entry['mfu']:>6.1%}" if cuda else "")
             + (f"  cache: {entry['speedup_vs_uncached']:.2f}x" if "speedup_vs_uncached" in entry else "")
         )
+    lines += ["", f"{'caption padding, batch ' + str(results['arguments']['train_batch_size']):44} "
+                  f"{'positions/example':>17} {'padding':>8}"]
+    for entry in results["padding"].values():
+        lines.append(f"{entry['label']:44} {entry['caption_positions_per_example']:>17.1f} {entry['padding_share']:>8.1%}")
     lines += ["", f"{'generation (' + str(results['max_new_tokens']) + ' new tokens)':44} {'batch':>5} "
                   f"{'img tok':>7} {'captions/s':>10} {'new tok/s':>10} {'vs loop':>8}"]
     for entry in results["generation"].values():
@@ -608,6 +647,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             uncached = results["training"].get(TRAINING_RUNS[name]["uncached"])
             if uncached is not None:  # the cache's own gain: the same run without it
                 entry["speedup_vs_uncached"] = entry["samples_per_s"] / uncached["samples_per_s"]
+    results["padding"] = padding_figures(args)
     print("generation ...", flush=True)
     results["generation"] = bench_generation(args, device)
 

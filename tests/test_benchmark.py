@@ -60,6 +60,12 @@ def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsy
     # The frozen encoder is all that differs: same trainable parameters in the notebook and MiniVLM.
     assert training["notebook"]["trainable_parameters"] == training["minivlm"]["trainable_parameters"]
 
+    # Counts, not timings: deterministic, so their order is asserted.
+    padding = results["padding"]
+    assert list(padding) == ["notebook_pad_to_64", "dynamic", "dynamic_grouped"]
+    positions = [entry["caption_positions_per_example"] for entry in padding.values()]
+    assert positions[0] == 64 > positions[1] > positions[2] >= padding["dynamic"]["caption_tokens_per_example"]
+
     generation = results["generation"]
     assert list(generation) == [
         "notebook_loop_batch1", "minivlm_fp32_batch1", "minivlm_fp32_batch2", "minivlm_bf16_batch1",
@@ -73,7 +79,7 @@ def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsy
     assert generation["minivlm_pixel_shuffle2_bf16_batch2"]["image_tokens"] == 49
 
     printed = capsys.readouterr().out
-    for entry in [*training.values(), *generation.values()]:
+    for entry in [*training.values(), *padding.values(), *generation.values()]:
         assert entry["label"] in printed
     assert str(output) in printed
 
