@@ -15,7 +15,8 @@ Training, samples/s and tokens/s of one optimizer step (forward, backward, clip,
   `torch.cat([projector(vit(pixels).last_hidden_state), embed(ids)])` fed to the LM.
 - (b) `minivlm`: MiniVLM's training step as the Trainer runs it with `--freeze vision`
   (`requires_grad=False` on the encoder): padding to the batch's longest caption, sdpa, no LM
-  head on image positions, the Trainer's fused AdamW, and bf16 autocast on CUDA (fp32 on CPU).
+  head on image positions, the Trainer's fused AdamW, and bf16 autocast on CUDA (fp32 on CPU;
+  `--train_precision bf16` autocasts there too, as the Trainer's `--bf16 true` does).
 - (c) `minivlm_feature_cache`: (b) on features precomputed by the frozen encoder
   (`processing.feature_cache`): only the projector and the LM run.
 - (d) `minivlm_pixel_shuffle2`: (b) with pixel shuffle 2 (49 image tokens, not 197).
@@ -133,6 +134,12 @@ class BenchmarkArguments:
     max_new_tokens: int = field(default=32, metadata={"help": "Tokens generated per caption (exactly)."})
     pixel_shuffle: bool = field(
         default=True, metadata={"help": "Also run (d) and (e) (pixel shuffle 2) and generate with pixel shuffle 2."}
+    )
+    train_precision: str = field(
+        default="auto",
+        metadata={"help": "Precision of the MiniVLM training runs (b)-(e): 'auto' (bf16 autocast on CUDA, fp32 on "
+                          "CPU), 'fp32' or 'bf16' (autocast; what `--bf16 true` gives the Trainer, on CPU too).",
+                  "choices": ["auto", "fp32", "bf16"]},
     )
     gen_precisions: str = field(
         default="auto",
@@ -379,8 +386,9 @@ def bench_training(run: str, args: BenchmarkArguments, device: torch.device) -> 
         }
         batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
 
-    use_bf16 = device.type == "cuda" and run != "notebook"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    precision = args.train_precision if args.train_precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    use_bf16 = run != "notebook" and precision == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     with PeakMemory(device) as memory:
         torch.manual_seed(args.seed)
         if run == "notebook":
@@ -493,7 +501,9 @@ def generation_precisions(args: BenchmarkArguments, device: torch.device) -> lis
         precisions = [p.strip() for p in args.gen_precisions.split(",") if p.strip()]
         unknown = sorted(set(precisions) - set(DTYPES))
         if unknown or not precisions:
-            raise ValueError(f"--gen_precisions: expected 'auto' or a comma list of {sorted(DTYPES)}, got {args.gen_precisions!r}.")
+            raise ValueError(
+                f"--gen_precisions: expected 'auto' or a comma list of {sorted(DTYPES)}, got {args.gen_precisions!r}."
+            )
         return precisions
     if device.type == "cuda":
         return ["bf16"]
@@ -580,12 +590,13 @@ def format_tables(results: dict[str, Any]) -> str:
         f"{results['threads']} threads, {results['wall_seconds']:.0f} s in all",
         f"peak memory: {results['memory_method']}",
         "",
-        f"{'training':44} {'batch':>5} {'img tok':>7} {'samples/s':>10} {'tokens/s':>10} {'sup tok/s':>10} "
+        f"{'training':44} {'batch':>5} {'precision':>13} {'img tok':>7} {'samples/s':>10} {'tokens/s':>10} {'sup tok/s':>10} "
         f"{'peak MB':>9} {'vs (a)':>7} {'mem vs (a)':>10}" + (f" {'MFU':>6}" if cuda else ""),
     ]
     for entry in results["training"].values():
         lines.append(
-            f"{entry['label']:44} {entry['batch_size']:>5} {entry['image_tokens']:>7} {entry['samples_per_s']:>10.2f} "
+            f"{entry['label']:44} {entry['batch_size']:>5} {entry['precision']:>13} {entry['image_tokens']:>7} "
+            f"{entry['samples_per_s']:>10.2f} "
             f"{entry['tokens_per_s']:>10.0f} {entry['supervised_tokens_per_s']:>10.1f} {entry['peak_memory_mb']:>9.0f} "
             f"{entry['speedup_vs_notebook']:>6.2f}x {_ratio(entry['memory_vs_notebook']):>10}"
             + (f" {entry['mfu']:>6.1%}" if cuda else "")

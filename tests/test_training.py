@@ -249,3 +249,15 @@ def test_group_by_length_reads_lengths_from_the_captions_and_resumes_bit_exact(t
     finished = train(*parse_args(argv))
     assert finished.state.global_step == 6
     assert_same_weights(weights(finished.model), weights(straight.model))
+
+
+def test_bf16_flag_autocasts_on_cpu_and_keeps_fp32_weights(tmp_path, shapes_dir):
+    common = ("--max_steps", "3", "--save_strategy", "no")
+    fp32 = train(*parse_args(tiny_argv(tmp_path / "fp32", shapes_dir, *common)))
+    bf16 = train(*parse_args(tiny_argv(tmp_path / "bf16", shapes_dir, *common, "--bf16", "true")))
+    fp32_losses = [e["loss"] for e in fp32.state.log_history if "loss" in e]
+    bf16_losses = [e["loss"] for e in bf16.state.log_history if "loss" in e]
+    assert all(torch.isfinite(torch.tensor(bf16_losses)))
+    assert bf16_losses != fp32_losses  # the flag took effect: bf16 matmuls round differently
+    assert bf16_losses == pytest.approx(fp32_losses, rel=0.05)
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.float32}  # mixed precision, fp32 master weights
