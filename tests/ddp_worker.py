@@ -7,7 +7,7 @@ import os
 import sys
 
 from processing.collator import CaptionCollator
-from training.run import parse_args, train
+from training.run import leave_process_group, parse_args, train
 
 
 def main() -> None:
@@ -28,6 +28,7 @@ def main() -> None:
         digest.update(tensor.detach().contiguous().numpy().tobytes())
     with open(os.path.join(record_dir, f"rank{rank}.json"), "w") as handle:
         json.dump({"ids": seen, "digest": digest.hexdigest(), "world_size": trainer.args.world_size}, handle)
+    leave_process_group()  # as training.run.main does
 
 
 if __name__ == "__main__":

@@ -300,6 +300,14 @@ def train(
     return trainer
 
 
+def leave_process_group() -> None:
+    """Destroys the default process group of a distributed run, if any: every process calls this
+    once training is over. Left to interpreter exit, gloo's worker threads can abort the process
+    (SIGABRT, "terminate called without an active exception") after a finished run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -307,7 +315,10 @@ def main(argv: list[str] | None = None) -> None:
     for library in (datasets, transformers):
         library.utils.logging.set_verbosity(log_level)
     logger.setLevel(log_level)
-    train(model_args, data_args, training_args)
+    try:
+        train(model_args, data_args, training_args)
+    finally:
+        leave_process_group()
 
 
 if __name__ == "__main__":
