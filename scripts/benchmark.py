@@ -5,7 +5,7 @@
 
 Models are built from configs (random weights, no download): `notebook` has the real shapes
 (ViT-L/16-224 + SmolLM-360M, 667 M parameters), `small` the same widths with a few layers
-(ViT 3, LM 4), 224-px images and an 8k vocabulary (85 M parameters). Inputs are synthetic and
+(ViT 3, LM 4), 224-px images and an 8k vocabulary (88 M parameters). Inputs are synthetic and
 seeded: random pixels, random caption tokens of 8–20 tokens (Flickr8k's captions are ~12 words).
 
 Training, samples/s and tokens/s of one optimizer step (forward, backward, clip, AdamW):
@@ -32,7 +32,7 @@ Generation, captions/s for a fixed 32 new tokens (greedy, `min_new_tokens=max_ne
 the notebook's per-token loop (re-runs the image embeddings and the whole sequence through
 the LM for every token, batch 1, fp32) against `model.generate` with the KV cache at batch 1
 and batch `--gen_batch_size`: bf16 weights on CUDA; on CPU fp32, and bf16 as well where the CPU
-has native bf16 matmuls (`--gen_precisions`). The fp32 rows are the cache's and batching's gain
+has native bf16 matmuls (`--gen_precisions`). The fp32 rows are the KV cache's and batching's gain
 alone; the bf16 rows add what bf16 weights give. Last, the pixel-shuffle model (49 image
 tokens) in the last precision: a shorter prefill and a shorter KV cache.
 
