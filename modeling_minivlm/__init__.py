@@ -1,11 +1,17 @@
-"""MiniVLM model package: config, model and the `image-to-text` pipeline.
+"""MiniVLM: a vision encoder, an MLP projector and a causal LM, as a Hub-native transformers model.
 
-The three module files ship to the Hub as remote code; this file only registers the
-classes with the Auto classes, for local use and so that `save_pretrained` writes
-`auto_map` and copies the code.
+This folder is the installed `minivlm` package. Its four module files ship to the Hub verbatim
+as remote code (`configuration_minivlm.py`, `modeling_minivlm.py`, `processing_minivlm.py`,
+`pipeline_minivlm.py`: torch, transformers and relative imports only). This file is not shipped:
+it registers the classes with the Auto classes, for local use and so that `save_pretrained`
+writes `auto_map` and copies the code.
+
+The rest of the project lives in sub-packages mapped from their own folders (see pyproject.toml):
+`minivlm.data` (processing/), `minivlm.training` (training/), `minivlm.evaluation` (evaluation/),
+`minivlm.benchmark` (benchmark/) and `minivlm.scripts` (scripts/, the console commands).
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration_minivlm import MiniVLMConfig
 from .modeling_minivlm import (
@@ -14,15 +20,18 @@ from .modeling_minivlm import (
     MiniVLMPreTrainedModel,
 )
 from .pipeline_minivlm import MiniVLMImageToTextPipeline
+from .processing_minivlm import MiniVLMProcessor
 
 
 AutoConfig.register(MiniVLMConfig.model_type, MiniVLMConfig, exist_ok=True)
 AutoModel.register(MiniVLMConfig, MiniVLMForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(MiniVLMConfig, MiniVLMForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(MiniVLMConfig, MiniVLMProcessor, exist_ok=True)
 # One Auto class per class is recorded (the last call wins); the config's default
 # `auto_map` names AutoModelForImageTextToText too.
 MiniVLMConfig.register_for_auto_class("AutoConfig")
 MiniVLMForConditionalGeneration.register_for_auto_class("AutoModel")
+MiniVLMProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "MiniVLMConfig",
@@ -30,4 +39,5 @@ __all__ = [
     "MiniVLMImageToTextPipeline",
     "MiniVLMMultiModalProjector",
     "MiniVLMPreTrainedModel",
+    "MiniVLMProcessor",
 ]

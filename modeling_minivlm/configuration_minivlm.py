@@ -89,7 +89,7 @@ class MiniVLMConfig(PreTrainedConfig):
     Example:
 
     ```python
-    >>> from modeling_minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
+    >>> from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
     >>> config = MiniVLMConfig()
     >>> config.image_seq_length
     197

@@ -1,14 +1,2 @@
-"""Everything between raw data and model inputs: the processor, dataset adapters, the
-synthetic shapes set, the training collator and caption metrics."""
-
-from transformers import AutoProcessor
-
-from modeling_minivlm import MiniVLMConfig
-
-from .processing_minivlm import MiniVLMProcessor
-
-
-AutoProcessor.register(MiniVLMConfig, MiniVLMProcessor, exist_ok=True)
-MiniVLMProcessor.register_for_auto_class("AutoProcessor")
-
-__all__ = ["MiniVLMProcessor"]
+"""`minivlm.data`: raw data to training examples — dataset adapters and bad-data cleaning, the
+synthetic shapes set and its scorer, the collator, and the word-level tokenizer of tiny models."""

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .processing_minivlm import MiniVLMProcessor, to_rgb
+from minivlm.processing_minivlm import MiniVLMProcessor, to_rgb
 
 
 def choose_caption(captions: list[str], seed: int, epoch: int, example_id: str) -> str:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
-from modeling_minivlm import MiniVLMForConditionalGeneration
-from processing import MiniVLMProcessor
+from minivlm import MiniVLMForConditionalGeneration
+from minivlm import MiniVLMProcessor
 
 
 # The notebook's projector is nn.Sequential(Linear, GELU, LayerNorm, Linear).

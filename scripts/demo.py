@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser, pipeline, set_seed
 
-from processing.shapes import generate_shapes_dataset
-from training.evaluation import evaluate_captions, generate_captions, load_evaluation_dataset
-from training.plots import plot_caption_grid, plot_loss_curve
-from training.run import build_model, parse_args, train
+from minivlm.data.shapes import generate_shapes_dataset
+from minivlm.evaluation.captioning import evaluate_captions, generate_captions, load_evaluation_dataset
+from minivlm.evaluation.plots import plot_caption_grid, plot_loss_curve
+from minivlm.training.run import build_model, parse_args, train
 
 
 @dataclass

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
-from training.evaluation import SCORE_KEYS, evaluate_captions, load_evaluation_dataset
-from training.model_card import format_metrics
-from training.plots import plot_loss_curve, plot_patch_heatmap
+from minivlm.evaluation.captioning import SCORE_KEYS, evaluate_captions, load_evaluation_dataset
+from minivlm.training.model_card import format_metrics
+from minivlm.evaluation.plots import plot_loss_curve, plot_patch_heatmap
 
 
 logger = logging.getLogger("minivlm.evaluate")

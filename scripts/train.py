@@ -12,7 +12,7 @@ Ctrl+C or SIGTERM saves a checkpoint and stops; the same command resumes from th
 complete checkpoint.
 """
 
-from training.run import main
+from minivlm.training.run import main
 
 
 if __name__ == "__main__":

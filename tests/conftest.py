@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from modeling_minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
-from processing import MiniVLMProcessor
-from processing.tokenizer import build_word_level_tokenizer
+from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
+from minivlm import MiniVLMProcessor
+from minivlm.data.tokenizer import build_word_level_tokenizer
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

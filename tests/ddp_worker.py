@@ -6,8 +6,8 @@ import json
 import os
 import sys
 
-from processing.collator import CaptionCollator
-from training.run import leave_process_group, parse_args, train
+from minivlm.data.collator import CaptionCollator
+from minivlm.training.run import leave_process_group, parse_args, train
 
 
 def main() -> None:

@@ -14,12 +14,8 @@ from conftest import REPO_ROOT
 
 
 def load_benchmark(monkeypatch):
-    """Imports scripts/benchmark.py (scripts/ is not a package) as a module."""
-    spec = importlib.util.spec_from_file_location("minivlm_benchmark", REPO_ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module (`minivlm.benchmark`)."""
+    return importlib.import_module("minivlm.benchmark")
 
 
 def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsys, monkeypatch):

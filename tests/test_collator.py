@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_images
 
-from processing.collator import CaptionCollator, CaptionEpochCallback, choose_caption
+from minivlm.data.collator import CaptionCollator, CaptionEpochCallback, choose_caption
 
 
 def examples(n=3, captions=None):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processing.data import FLICKR8K, BadDataError, clean_caption_dataset, load_caption_dataset, to_caption_dataset
-from processing.processing_minivlm import to_rgb
-from processing.shapes import generate_shapes_dataset
+from minivlm.data.adapters import FLICKR8K, BadDataError, clean_caption_dataset, load_caption_dataset, to_caption_dataset
+from minivlm.processing_minivlm import to_rgb
+from minivlm.data.shapes import generate_shapes_dataset
 
 
 UNIFORM_FEATURES = datasets.Features(
@@ -129,10 +129,10 @@ def test_shapes_imagefolder_loads_every_split(tmp_path, caplog):
         by_id = {m["id"]: m["captions"] for m in metadata}
         assert all(len(c) == 5 and c == by_id[i] for c, i in zip(ds["captions"], ds["id"]))
         assert ds[0]["image"].size == (32, 32)
-    with caplog.at_level(logging.WARNING, logger="processing.data"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.data.adapters"):
         cleaned = clean_caption_dataset(ds, split_name="test")  # the synthetic set is all good: no warning
     assert len(cleaned) == 5 and cleaned.features == UNIFORM_FEATURES
-    assert not [r for r in caplog.records if r.name == "processing.data"]
+    assert not [r for r in caplog.records if r.name == "minivlm.data.adapters"]
     with pytest.raises(ValueError, match=r"unknown split 'dev'.*\['train', 'validation', 'test'\]"):
         load_caption_dataset(str(root), "dev", cache_dir=str(tmp_path / "cache"))
 
@@ -237,11 +237,11 @@ def test_clean_drops_bad_rows_keeps_odd_modes_and_warns_once(tmp_path, caplog):
     _, bad = write_bad_imagefolder(tmp_path / "bad")
     ds = load_caption_dataset(str(tmp_path / "bad"), cache_dir=str(tmp_path / "cache"))
     assert len(ds) == 25
-    with caplog.at_level(logging.WARNING, logger="processing.data"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.data.adapters"):
         cleaned = clean_caption_dataset(ds, max_bad_fraction=0.5)
     assert sorted(cleaned["id"]) == sorted(set(ds["id"]) - set(bad))
     assert cleaned.features == UNIFORM_FEATURES
-    warnings_ = [r.getMessage() for r in caplog.records if r.name == "processing.data" and r.levelname == "WARNING"]
+    warnings_ = [r.getMessage() for r in caplog.records if r.name == "minivlm.data.adapters" and r.levelname == "WARNING"]
     assert len(warnings_) == 1
     assert ("dropped 6 of 25 examples (2 truncated image, 1 no non-empty caption, 1 empty file, "
             "1 undecodable image, 1 missing file); removed 2 empty captions from kept examples") in warnings_[0]
@@ -296,7 +296,7 @@ def test_clean_in_memory_bytes_and_path_column(tmp_path):
 def test_a_single_saved_split_serves_any_split(tmp_path, caplog):
     flickr_like(3).save_to_disk(tmp_path / "one")
     assert load_caption_dataset(str(tmp_path / "one"))["id"][:] == ["0", "1", "2"]
-    with caplog.at_level(logging.WARNING, logger="processing.data"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.data.adapters"):
         assert len(load_caption_dataset(str(tmp_path / "one"), "test")) == 3
     assert "holds a single saved split; using it as split 'test'" in caplog.text
 
@@ -304,7 +304,7 @@ def test_a_single_saved_split_serves_any_split(tmp_path, caplog):
 def test_max_bad_fraction_is_an_inclusive_limit(caplog):
     source = to_caption_dataset(flickr_like(20))
     one_bad = source.map(lambda c, i: {"captions": [" "] if i == 7 else c}, input_columns="captions", with_indices=True)
-    with caplog.at_level(logging.WARNING, logger="processing.data"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.data.adapters"):
         assert "7" not in clean_caption_dataset(one_bad)["id"]  # 1/20 = 5%: not more than the default
     assert "dropped 1 of 20 examples (1 no non-empty caption)" in caplog.text
     two_bad = one_bad.map(lambda c, i: {"captions": [] if i == 3 else c}, input_columns="captions", with_indices=True)

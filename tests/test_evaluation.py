@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -19,12 +20,12 @@ from PIL import Image
 from transformers import TrainingArguments
 
 from conftest import REPO_ROOT, make_config, make_images, make_model, make_processor
-from processing.collator import CaptionCollator
-from processing.metrics import compute_caption_metrics
-from processing.shapes import generate_shapes_dataset, make_shapes_examples, shapes_accuracy
-from training.evaluation import CaptionEvalCallback, evaluate_captions, generate_captions
-from training.plots import patch_feature_norms, plot_caption_grid, plot_loss_curve, plot_patch_heatmap
-from training.trainer import MiniVLMTrainer
+from minivlm.data.collator import CaptionCollator
+from minivlm.evaluation.metrics import compute_caption_metrics
+from minivlm.data.shapes import generate_shapes_dataset, make_shapes_examples, shapes_accuracy
+from minivlm.evaluation.captioning import CaptionEvalCallback, evaluate_captions, generate_captions
+from minivlm.evaluation.plots import patch_feature_norms, plot_caption_grid, plot_loss_curve, plot_patch_heatmap
+from minivlm.training.trainer import MiniVLMTrainer
 
 
 CAPTIONS = ["a red circle", "a blue square", "two dog runs in grass", "a cat sits on the left",
@@ -41,11 +42,8 @@ def _one_thread():
 
 
 def load_script(name: str):
-    """A file of scripts/ as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"minivlm_script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A command of scripts/, imported as the installed package names it."""
+    return importlib.import_module(f"minivlm.scripts.{name}")
 
 
 def caption_dataset(n: int, size: int = 32) -> datasets.Dataset:
@@ -237,7 +235,12 @@ def test_no_script_shadows_an_installed_module():
     # (evaluate.py, datasets.py, ...) would be imported in its place by every script beside it.
     import importlib.util
 
-    shadowing = [p.name for p in (REPO_ROOT / "scripts").glob("*.py") if importlib.util.find_spec(p.stem) is not None]
+    def installed_elsewhere(name: str) -> bool:  # the repository's own folders (on sys.path as cwd) do not count
+        spec = importlib.util.find_spec(name)
+        locations = [spec.origin] if spec and spec.origin else list(spec.submodule_search_locations or []) if spec else []
+        return any(REPO_ROOT not in Path(location).resolve().parents for location in locations)
+
+    shadowing = [p.name for p in (REPO_ROOT / "scripts").glob("*.py") if p.stem != "__init__" and installed_elsewhere(p.stem)]
     assert shadowing == []
 
 

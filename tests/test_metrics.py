@@ -22,7 +22,7 @@ from pycocoevalcap.cider.cider import Cider  # noqa: E402
 from pycocoevalcap.rouge.rouge import Rouge  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MODULE_DIR = REPO / "processing" / "metrics" / "caption_metrics"
+MODULE_DIR = REPO / "evaluation" / "metrics" / "caption_metrics"
 MODULE_FILE = MODULE_DIR / "caption_metrics.py"
 HAS_JAVA = shutil.which("java") is not None
 needs_java = pytest.mark.skipif(not HAS_JAVA, reason="java is not installed (needed by pycocoevalcap's jars)")
@@ -276,7 +276,7 @@ def test_evaluate_load_works_offline(tmp_path):
 @needs_java
 def test_compute_caption_metrics_end_to_end_matches_coco_eval(java_tokenized):
     """Raw captions -> our tokenizer + scorers == Java PTBTokenizer + pycocoevalcap scorers."""
-    from processing.metrics import compute_caption_metrics
+    from minivlm.evaluation.metrics import compute_caption_metrics
 
     rng = random.Random(7)
     preds = TYPICAL_CAPTIONS[:20]
@@ -289,7 +289,7 @@ def test_compute_caption_metrics_end_to_end_matches_coco_eval(java_tokenized):
 
 
 def test_input_validation(metric):
-    from processing.metrics import compute_caption_metrics
+    from minivlm.evaluation.metrics import compute_caption_metrics
 
     with pytest.raises(ValueError, match=r"3 predictions.*2 reference"):
         compute_caption_metrics(["a", "b", "c"], [["a"], ["b"]], meteor=False)

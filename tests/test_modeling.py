@@ -8,7 +8,7 @@ from conftest import make_config, make_images, make_model, make_processor, make_
 from safetensors import safe_open
 from transformers import DynamicCache
 
-from modeling_minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
+from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
 
 
 def image_inputs(processor, texts, seed=0):
@@ -324,8 +324,8 @@ def test_dtype_reaches_both_sub_models(saved_model_dir, processor):
 def test_from_pretrained_parts(tmp_path, processor):
     from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
 
-    from processing import MiniVLMProcessor
-    from processing.tokenizer import build_word_level_tokenizer
+    from minivlm import MiniVLMProcessor
+    from minivlm.data.tokenizer import build_word_level_tokenizer
 
     torch.manual_seed(0)
     vision_dir, lm_dir = tmp_path / "vit", tmp_path / "lm"

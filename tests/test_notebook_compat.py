@@ -9,9 +9,9 @@ import torch.nn as nn
 from conftest import REPO_ROOT, make_images, make_processor
 from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTImageProcessorPil, ViTModel
 
-from modeling_minivlm import MiniVLMForConditionalGeneration
-from processing import MiniVLMProcessor
-from processing.tokenizer import build_word_level_tokenizer
+from minivlm import MiniVLMForConditionalGeneration
+from minivlm import MiniVLMProcessor
+from minivlm.data.tokenizer import build_word_level_tokenizer
 
 
 # -- the notebook's classes, as it defines them ----------------------------------------------

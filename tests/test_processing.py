@@ -8,8 +8,8 @@ import torch
 from conftest import make_images
 from PIL import Image
 
-from processing import MiniVLMProcessor
-from processing.processing_minivlm import to_rgb
+from minivlm import MiniVLMProcessor
+from minivlm.processing_minivlm import to_rgb
 
 
 def test_text_without_placeholder_puts_the_image_first(processor, tokenizer):
@@ -152,7 +152,7 @@ def test_processor_save_and_load_round_trip(tmp_path, processor):
 
 
 def test_tokenizer_without_image_token_is_rejected(processor):
-    from processing.tokenizer import build_word_level_tokenizer
+    from minivlm.data.tokenizer import build_word_level_tokenizer
 
     tokenizer = build_word_level_tokenizer(["a b"], image_token="<img>")
     with pytest.raises(ValueError, match="no '<image>' token"):

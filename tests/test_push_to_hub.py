@@ -9,8 +9,8 @@ from conftest import make_config, make_model, make_processor, make_tokenizer
 from hub_server import local_hub  # noqa: F401 (fixture)
 from test_training import shapes_dir, tiny_argv  # noqa: F401 (fixture)
 
-from training.model_card import write_model_card
-from training.run import parse_args, train
+from minivlm.training.model_card import write_model_card
+from minivlm.training.run import parse_args, train
 
 
 CODE_FILES = {"configuration_minivlm.py", "modeling_minivlm.py", "pipeline_minivlm.py", "processing_minivlm.py"}

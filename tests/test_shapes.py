@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processing.shapes import (
+from minivlm.data.shapes import (
     COLOURS,
     DEFAULT_COLOURS,
     DEFAULT_SHAPES,

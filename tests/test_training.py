@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from modeling_minivlm import MiniVLMForConditionalGeneration
-from processing.data import BadDataError
-from training.run import apply_freezing, parse_args, train
-from training.trainer import checkpoint_problem, last_complete_checkpoint
+from minivlm import MiniVLMForConditionalGeneration
+from minivlm.data.adapters import BadDataError
+from minivlm.training.run import apply_freezing, parse_args, train
+from minivlm.training.trainer import checkpoint_problem, last_complete_checkpoint
 
 
 TINY_VISION = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
@@ -28,7 +28,7 @@ TINY_TEXT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, 
 
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
-    from processing.shapes import generate_shapes_dataset
+    from minivlm.data.shapes import generate_shapes_dataset
 
     return str(generate_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=24, num_validation=8,
                                        num_test=8, image_size=32, seed=0))
@@ -168,7 +168,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, shapes_dir):
     argv = tiny_argv(out, shapes_dir, "--max_steps", "100000", "--save_steps", "100000")
     log = tmp_path / "log.txt"
     with open(log, "w") as handle:
-        proc = subprocess.Popen([sys.executable, "-u", "-m", "training.run", *argv], stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "minivlm.training.run", *argv], stdout=handle, stderr=subprocess.STDOUT)
         deadline = time.time() + 240
         while "'loss'" not in log.read_text() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)

@@ -1,11 +1,11 @@
-"""The Hub model card: `model_card.md` (repository root) rendered with huggingface_hub's ModelCard."""
+"""The Hub model card: `model_card.md` (the repository root's, linked here and shipped in the wheel) rendered with huggingface_hub's ModelCard."""
 
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+TEMPLATE = Path(__file__).with_name("model_card.md")  # a link to the repository's model_card.md, shipped in the wheel
 
 
 def _describe(config) -> str:

@@ -14,14 +14,14 @@ import torch
 import transformers
 from transformers import AutoProcessor, HfArgumentParser, TrainingArguments, ViTImageProcessorPil, set_seed
 
-from modeling_minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
-from processing import MiniVLMProcessor
-from processing.collator import CaptionCollator, CaptionEpochCallback
-from processing.data import clean_caption_dataset, load_caption_dataset
-from processing.feature_cache import FeatureCaptionCollator, cache_vision_features
-from processing.tokenizer import build_word_level_tokenizer
+from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
+from minivlm import MiniVLMProcessor
+from minivlm.data.collator import CaptionCollator, CaptionEpochCallback
+from minivlm.data.adapters import clean_caption_dataset, load_caption_dataset
+from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features
+from minivlm.data.tokenizer import build_word_level_tokenizer
 
-from .evaluation import DEFAULT_DECODING, CaptionEvalCallback
+from minivlm.evaluation.captioning import DEFAULT_DECODING, CaptionEvalCallback
 from .model_card import write_model_card
 from .presets import PRESETS
 from .trainer import GracefulStopCallback, MiniVLMTrainer, last_complete_checkpoint
@@ -134,7 +134,7 @@ def load_data(data_args: DataArguments, seed: int):
     """The training split (and evaluation split, if any) in the uniform caption view, cleaned."""
     source = data_args.dataset
     if source == "shapes":
-        from processing.shapes import generate_shapes_dataset
+        from minivlm.data.shapes import generate_shapes_dataset
 
         source = data_args.shapes_dir
         if not (Path(source) / "train" / "metadata.jsonl").is_file():

@@ -36,12 +36,12 @@ import datasets
 import numpy as np
 import torch
 
-from .collator import CaptionCollator
-from .processing_minivlm import MiniVLMProcessor, to_rgb
+from minivlm.data.collator import CaptionCollator
+from minivlm.processing_minivlm import MiniVLMProcessor, to_rgb
 
 
 if TYPE_CHECKING:
-    from modeling_minivlm import MiniVLMForConditionalGeneration
+    from minivlm import MiniVLMForConditionalGeneration
 
 
 __all__ = ["cache_vision_features", "vision_features_fingerprint", "FeatureCaptionCollator"]
@@ -132,7 +132,7 @@ def cache_vision_features(
     if "image" not in dataset.column_names:
         raise ValueError(
             f"the dataset has no 'image' column (columns: {dataset.column_names}); pass the uniform view "
-            "(image, captions, id) from processing.data.load_caption_dataset / clean_caption_dataset."
+            "(image, captions, id) from minivlm.data.adapters.load_caption_dataset / clean_caption_dataset."
         )
     if any(p.requires_grad for p in model.vision_tower.parameters()):
         logger.warning(
@@ -203,7 +203,7 @@ class FeatureCaptionCollator(CaptionCollator):
         if missing:
             raise ValueError(
                 f"examples {missing[:5]} have no 'vision_features'; build the dataset with "
-                "processing.feature_cache.cache_vision_features, or use CaptionCollator for images."
+                "minivlm.training.feature_cache.cache_vision_features, or use CaptionCollator for images."
             )
         vision_features = torch.stack([_as_tensor(example["vision_features"]) for example in examples])
         return {**self.text_batch(examples), "vision_features": vision_features}

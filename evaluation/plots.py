@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from processing.processing_minivlm import to_rgb
+from minivlm.processing_minivlm import to_rgb
 
 
 __all__ = ["patch_feature_norms", "plot_caption_grid", "plot_loss_curve", "plot_patch_heatmap"]

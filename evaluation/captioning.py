@@ -25,9 +25,9 @@ from PIL import Image
 from transformers import TrainerCallback
 from transformers.utils.logging import tqdm
 
-from processing.data import clean_caption_dataset, load_caption_dataset
-from processing.metrics import compute_caption_metrics
-from processing.shapes import shapes_accuracy
+from minivlm.data.adapters import clean_caption_dataset, load_caption_dataset
+from minivlm.evaluation.metrics import compute_caption_metrics
+from minivlm.data.shapes import shapes_accuracy
 
 
 __all__ = ["DEFAULT_DECODING", "CaptionEvalCallback", "evaluate_captions", "generate_captions", "load_evaluation_dataset"]

@@ -1,0 +1,1 @@
+"""`minivlm.evaluation`: caption metrics (an offline `evaluate` module), batched captioning with scores, plots."""
