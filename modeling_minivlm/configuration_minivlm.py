@@ -46,6 +46,10 @@ IMAGE_TO_TEXT_PIPELINE = {
     }
 }
 
+# Tokens an encoder puts before its patch tokens (CLS, distillation, registers), by model type.
+# SigLIP has none: all of its `last_hidden_state` are patch tokens.
+PREFIX_TOKENS = {"vit": 1, "deit": 2, "clip_vision_model": 1, "siglip_vision_model": 0, "dinov2": 1}
+
 AUTO_MAP = {
     "AutoConfig": "configuration_minivlm.MiniVLMConfig",
     "AutoModel": "modeling_minivlm.MiniVLMForConditionalGeneration",
@@ -62,10 +66,12 @@ class MiniVLMConfig(PreTrainedConfig):
 
     Args:
         vision_config (`dict` or `PreTrainedConfig`, *optional*):
-            Config of the vision encoder (a ViT by default). Any `AutoModel` vision config
-            with `image_size`, `patch_size` and `hidden_size` works.
+            Config of the vision encoder (a ViT by default). Any `AutoModel` vision config with
+            `image_size`, `patch_size` and `hidden_size` whose model returns `last_hidden_state`
+            works: ViT, CLIP (`clip_vision_model`), SigLIP (`siglip_vision_model`), ...
         text_config (`dict` or `PreTrainedConfig`, *optional*):
-            Config of the causal language model (a Llama by default).
+            Config of the causal language model (a Llama by default; any `AutoModelForCausalLM`
+            config: Qwen2, GPT-2, ...).
         image_token_index (`int`, *optional*, defaults to 49152):
             Token id of `<image>`; `input_ids` carry it `image_seq_length` times where the image goes.
         image_seq_length (`int`, *optional*):
@@ -74,14 +80,19 @@ class MiniVLMConfig(PreTrainedConfig):
         projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
             Activation between the projector's two linear layers.
         vision_feature_select_strategy (`str`, *optional*, defaults to `"full"`):
-            `"full"` keeps the CLS token (the notebook), `"default"` drops it (LLaVA).
+            `"full"` keeps the encoder's prefix tokens (the CLS token: the notebook), `"default"`
+            drops them (LLaVA). Encoders without prefix tokens (SigLIP) give the same features either way.
+        num_additional_image_tokens (`int`, *optional*):
+            Tokens the encoder puts before its patch tokens (1 for the CLS token of ViT and CLIP, 0
+            for SigLIP). Derived from the vision config's `model_type` when left unset; needed for
+            other encoders.
         vision_feature_layer (`int`, *optional*, defaults to -1):
             Encoder layer whose output is projected. -1 is the encoder's `last_hidden_state`
             (after its final LayerNorm); any other index selects `hidden_states[index]`.
         pixel_shuffle_factor (`int`, *optional*, defaults to 1):
             Token compression: merges each `f×f` block of patch features into one token
-            (`f²` times fewer image tokens, `f²` times wider projector input). Needs
-            `vision_feature_select_strategy="default"` (the CLS token has no place in the grid).
+            (`f²` times fewer image tokens, `f²` times wider projector input). Needs patch tokens
+            only: `vision_feature_select_strategy="default"`, or an encoder without CLS token.
         custom_pipelines (`dict`, *optional*):
             Declares the remote-code `image-to-text` pipeline so that
             `pipeline("image-to-text", model=..., trust_remote_code=True)` accepts a bare image.
@@ -111,6 +122,7 @@ class MiniVLMConfig(PreTrainedConfig):
     projector_hidden_act: str = "gelu"
     vision_feature_select_strategy: Literal["default", "full"] = "full"
     vision_feature_layer: int = -1
+    num_additional_image_tokens: int | None = None
     pixel_shuffle_factor: int = 1
     tie_word_embeddings: bool = True
     custom_pipelines: dict | None = None
@@ -125,6 +137,17 @@ class MiniVLMConfig(PreTrainedConfig):
         if self.auto_map is None:
             self.auto_map = dict(AUTO_MAP)
 
+        if self.num_additional_image_tokens is None:
+            model_type = self.vision_config.model_type
+            if model_type not in PREFIX_TOKENS:
+                raise ValueError(
+                    f"cannot tell how many tokens a {model_type!r} encoder puts before its patch tokens; "
+                    "pass num_additional_image_tokens (1 for a CLS token, 0 for none)."
+                )
+            self.num_additional_image_tokens = PREFIX_TOKENS[model_type]
+        if self.vision_config.model_type == "siglip_vision_model" and not hasattr(self.vision_config, "vision_use_head"):
+            # SigLIP's attention-pooling head is never read: built, it would hold parameters without gradient.
+            self.vision_config.vision_use_head = False
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
                 f"vision_feature_select_strategy={self.vision_feature_select_strategy!r} is unknown; "
@@ -144,7 +167,7 @@ class MiniVLMConfig(PreTrainedConfig):
             raise ValueError(
                 f"image_token_index={self.image_token_index} is outside the text vocabulary "
                 f"(vocab_size={vocab_size}); add `<image>` to the tokenizer and resize the embeddings "
-                "(MiniVLMForConditionalGeneration.from_pretrained_parts does both)."
+                "(minivlm.data.builder's build functions do both)."
             )
 
     def expected_image_seq_length(self) -> int:
@@ -167,13 +190,17 @@ class MiniVLMConfig(PreTrainedConfig):
                     f"pixel_shuffle_factor={factor} does not divide the {grid}x{grid} patch grid; "
                     f"use a factor that divides {grid}."
                 )
-            if self.vision_feature_select_strategy != "default":
+            if self.num_kept_prefix_tokens():
                 raise ValueError(
                     "pixel_shuffle_factor > 1 needs vision_feature_select_strategy='default': "
                     "the CLS token has no place in the shuffled patch grid."
                 )
         num_tokens = (grid // factor) ** 2
-        return num_tokens + (1 if self.vision_feature_select_strategy == "full" else 0)
+        return num_tokens + self.num_kept_prefix_tokens()
+
+    def num_kept_prefix_tokens(self) -> int:
+        """Prefix tokens (CLS...) the feature strategy keeps: all with 'full', none with 'default'."""
+        return self.num_additional_image_tokens if self.vision_feature_select_strategy == "full" else 0
 
 
 __all__ = ["MiniVLMConfig"]

@@ -1,19 +1,27 @@
-"""MiniVLM: a vision encoder, an MLP projector and a causal language model.
+"""MiniVLM: a vision encoder, an MLP projector and a causal language model, built as LLaVA is.
 
 Ships to the Hub verbatim as remote code: imports torch, transformers and its siblings
 (relatively) only.
 
-    pixel_values (B, 3, H, W) ─ vision_tower ─ (B, N, Dv) ─ multi_modal_projector ─ (B, N, Dt) ┐
-    input_ids (B, T) with N `<image>` tokens ─ embed_tokens ─ (B, T, Dt) ── merge at `<image>` ─┴─ language_model ─ logits
+    pixel_values (I, 3, H, W) ─ vision_tower ─ (I, N, Dv) ─ multi_modal_projector ─ (I, N, Dt) ┐
+    input_ids (B, T) with I×N `<image>` tokens ─ embed_tokens ─ (B, T, Dt) ─ merge at `<image>` ┴─ language_model ─ lm_head
+
+`MiniVLMModel` holds the three parts (`vision_tower`, `multi_modal_projector`, `language_model`:
+the text *base* model); `MiniVLMForConditionalGeneration` is `model` + `lm_head`, as
+`LlavaForConditionalGeneration` is. `I` counts every image of the batch, in order: a text may
+hold any number of images.
 """
 
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_minivlm import MiniVLMConfig
 
@@ -22,15 +30,48 @@ from .configuration_minivlm import MiniVLMConfig
 from .pipeline_minivlm import MiniVLMImageToTextPipeline  # noqa: F401
 
 
-@dataclass
-class MiniVLMCausalLMOutputWithPast(CausalLMOutputWithPast):
-    r"""[`CausalLMOutputWithPast`] plus the projected image features.
+# Checkpoints written before the LLaVA layout kept the three parts at the top and the LM with its
+# head (`language_model.model.*`, `language_model.lm_head.*`); transformers renames them on load
+# (and writes this layout back on save, as it does for LLaVA).
+register_checkpoint_conversion_mapping(
+    MiniVLMConfig.model_type,
+    [
+        WeightRenaming(source_patterns=r"^language_model.lm_head", target_patterns="lm_head"),
+        WeightRenaming(source_patterns=r"^language_model.model", target_patterns="model.language_model"),
+        WeightRenaming(source_patterns=r"^vision_tower", target_patterns="model.vision_tower"),
+        WeightRenaming(source_patterns=r"^multi_modal_projector", target_patterns="model.multi_modal_projector"),
+    ],
+    overwrite=True,
+)
 
-    image_hidden_states (`torch.FloatTensor` of shape `(batch_size, image_seq_length, text_hidden_size)`, *optional*):
-        The projector's output for the images of this forward pass (`None` on cached decoding steps).
+
+@dataclass
+class MiniVLMModelOutputWithPast(BaseModelOutputWithPast):
+    r"""[`BaseModelOutputWithPast`] of the text model plus the image side.
+
+    image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, text_hidden_size)`, *optional*):
+        The projector's output for the images of this forward pass (`None` without images).
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        The vision tower's outputs (`hidden_states` / `attentions` when asked), with the projected
+        features in `pooler_output`.
     """
 
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+
+
+@dataclass
+class MiniVLMCausalLMOutputWithPast(CausalLMOutputWithPast):
+    r"""[`CausalLMOutputWithPast`] plus the image side.
+
+    image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, text_hidden_size)`, *optional*):
+        The projector's output for the images of this forward pass (`None` on cached decoding steps).
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        The vision tower's outputs, with the projected features in `pooler_output`.
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 class MiniVLMMultiModalProjector(nn.Module):
@@ -50,7 +91,7 @@ class MiniVLMMultiModalProjector(nn.Module):
         self.linear_2 = nn.Linear(hidden, hidden)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        """(batch, num_patches, vision_dim) → (batch, num_patches, text_dim)."""
+        """(num_images, num_patches, vision_dim) → (num_images, num_patches, text_dim)."""
         return self.linear_2(self.norm(self.act(self.linear_1(image_features))))
 
 
@@ -67,7 +108,17 @@ def pixel_shuffle(features: torch.Tensor, factor: int) -> torch.Tensor:
     return grid.reshape(batch, (side // factor) ** 2, factor * factor * dim)
 
 
+def _is_tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 class MiniVLMPreTrainedModel(PreTrainedModel):
+    """Flags shared by [`MiniVLMModel`] and [`MiniVLMForConditionalGeneration`].
+
+    `_no_split_modules` and tied weights are not listed here: transformers collects them from
+    the vision and text sub-models, whatever their architecture.
+    """
+
     config: MiniVLMConfig
     config_class = MiniVLMConfig
     base_model_prefix = "model"
@@ -78,7 +129,7 @@ class MiniVLMPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["ViTEmbeddings", "ViTLayer", "LlamaDecoderLayer"]
+    _can_compile_fullgraph = True
     _skip_keys_device_placement = ["cache"]
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -92,16 +143,17 @@ class MiniVLMPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
-class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
-    """MiniVLM for captioning and image-conditioned generation.
+def _return_dict(config, return_dict: bool | None) -> bool:
+    return return_dict if return_dict is not None else getattr(config, "return_dict", True)
 
-    Modules: `vision_tower` (e.g. `ViTModel` without pooler), `multi_modal_projector`
-    ([`MiniVLMMultiModalProjector`]) and `language_model` (an `AutoModelForCausalLM`, e.g.
-    `LlamaForCausalLM`, with its own tied LM head). All three are built from the config;
-    pretrained weights come in through `from_pretrained` or [`from_pretrained_parts`].
+
+class MiniVLMModel(MiniVLMPreTrainedModel):
+    """The vision tower, the projector and the text base model (no LM head), as `LlavaModel`.
+
+    Modules: `vision_tower` (`AutoModel` of `config.vision_config`; ViT without its unused pooler),
+    `multi_modal_projector` ([`MiniVLMMultiModalProjector`]) and `language_model` (`AutoModel` of
+    `config.text_config`, e.g. `LlamaModel`).
     """
-
-    _tied_weights_keys = {"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"}
 
     def __init__(self, config: MiniVLMConfig):
         super().__init__(config)
@@ -109,147 +161,81 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         # The ViT pooler is never used: built, it would hold trainable parameters without gradient.
         self.vision_tower = AutoModel.from_config(config.vision_config, **vision_kwargs)
         self.multi_modal_projector = MiniVLMMultiModalProjector(config)
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
-    @classmethod
-    def from_pretrained_parts(
-        cls,
-        vision_model: str = "google/vit-large-patch16-224",
-        language_model: str = "HuggingFaceTB/SmolLM-360M",
-        image_token: str = "<image>",
-        dtype: torch.dtype | str | None = None,
-        attn_implementation: str | None = None,
-        config_kwargs: dict | None = None,
-        **kwargs,
-    ) -> "MiniVLMForConditionalGeneration":
-        """Builds a MiniVLM from a pretrained vision encoder and a pretrained causal LM.
-
-        Like `VisionEncoderDecoderModel.from_encoder_decoder_pretrained`: both parts keep their
-        pretrained weights, the projector is freshly initialised. `image_token` is added to the
-        LM's tokenizer (as `MiniVLMProcessor.from_pretrained_parts` does) and the embeddings are
-        resized to fit it. `config_kwargs` go to [`MiniVLMConfig`] (e.g. the feature strategy);
-        `kwargs` to both `from_pretrained` calls (`revision`, `cache_dir`, ...).
-        """
-        from transformers import AutoConfig, AutoTokenizer
-
-        load_kwargs = dict(kwargs)
-        if dtype is not None:
-            load_kwargs["dtype"] = dtype
-        if attn_implementation is not None:
-            load_kwargs["attn_implementation"] = attn_implementation
-        is_vit = AutoConfig.from_pretrained(vision_model, **kwargs).model_type == "vit"
-        vision_kwargs = {"add_pooling_layer": False} if is_vit else {}
-        vision_tower = AutoModel.from_pretrained(vision_model, **vision_kwargs, **load_kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(language_model, **load_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(language_model, **kwargs)
-        return cls.from_parts(vision_tower, lm, tokenizer, image_token=image_token, config_kwargs=config_kwargs)
-
-    @classmethod
-    def from_parts(
-        cls,
-        vision_tower: PreTrainedModel,
-        language_model: PreTrainedModel,
-        tokenizer,
-        image_token: str = "<image>",
-        config_kwargs: dict | None = None,
-    ) -> "MiniVLMForConditionalGeneration":
-        """Assembles a MiniVLM around an instantiated vision encoder and causal LM.
-
-        Adds `image_token` to `tokenizer` (in place) and grows the LM's embeddings to fit it;
-        new rows start at the mean of the existing embeddings, so the result is deterministic
-        and the new token's logit stays at the scale of the others.
-        """
-        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
-        image_token_index = tokenizer.convert_tokens_to_ids(image_token)
-        embeddings = language_model.get_input_embeddings()
-        old_size = embeddings.num_embeddings
-        if len(tokenizer) > old_size:
-            language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            with torch.no_grad():
-                weight = language_model.get_input_embeddings().weight
-                weight[old_size:] = weight[:old_size].mean(0)
-
-        config = MiniVLMConfig(
-            vision_config=vision_tower.config.to_dict(),
-            text_config=language_model.config.to_dict(),
-            image_token_index=image_token_index,
-            **(config_kwargs or {}),
-        )
-        # Built on the meta device: the given parts replace the random ones without
-        # allocating the full model twice; only the projector is new.
-        with torch.device("meta"):
-            model = cls(config)
-        model.vision_tower = vision_tower
-        model.language_model = language_model
-        model.multi_modal_projector = MiniVLMMultiModalProjector(config).to(dtype=language_model.dtype)
-        model.config.vision_config = vision_tower.config
-        model.config.text_config = language_model.config
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        )
-        model.generation_config.bos_token_id = tokenizer.bos_token_id
-        return model.eval()  # as from_pretrained returns it
-
-    # -- embeddings -------------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_output_embeddings(self) -> nn.Module:
-        return self.language_model.get_output_embeddings()
-
-    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
-        self.language_model.set_output_embeddings(new_embeddings)
-
-    def get_decoder(self) -> nn.Module:
-        return self.language_model.get_decoder()
-
-    # -- vision -----------------------------------------------------------------------
-    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Runs the encoder and selects the features the projector reads.
-
-        Args:
-            pixel_values: `(batch, channels, image_size, image_size)` from the image processor.
-
-        Returns:
-            `(batch, image_seq_length, vision_hidden_size * pixel_shuffle_factor**2)`. With a frozen
-            encoder these can be computed once per image and passed to `forward` as `vision_features`.
-        """
+    def _encode_images(self, pixel_values: torch.Tensor, **kwargs) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
         vision_config = self.config.vision_config
-        size = vision_config.image_size
+        size = vision_config.image_size if isinstance(vision_config.image_size, int) else vision_config.image_size[0]
         expected = (vision_config.num_channels, size, size)
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
-                f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), got "
+                f"pixel_values must have shape (num_images, {expected[0]}, {expected[1]}, {expected[2]}), got "
                 f"{tuple(pixel_values.shape)}; prepare images with the model's processor "
                 "(MiniVLMProcessor / its image processor), which resizes them to the encoder's size."
             )
         pixel_values = pixel_values.to(dtype=self.vision_tower.dtype)
         layer = self.config.vision_feature_layer
-        outputs = self.vision_tower(pixel_values, output_hidden_states=layer != -1, return_dict=True)
+        output_hidden_states = kwargs.pop("output_hidden_states", None) or layer != -1
+        outputs = self.vision_tower(pixel_values, output_hidden_states=output_hidden_states, return_dict=True, **kwargs)
         # -1 is the encoder's final output, after its last LayerNorm (the notebook's features);
         # other layers come from hidden_states, which are taken before that norm.
         features = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
         if self.config.vision_feature_select_strategy == "default":
-            features = features[:, 1:]
+            features = features[:, self.config.num_additional_image_tokens :]
         if self.config.pixel_shuffle_factor > 1:
             features = pixel_shuffle(features, self.config.pixel_shuffle_factor)
-        return features
+        return outputs, features
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encodes and projects images: `(batch, 3, H, W)` → `(batch, image_seq_length, text_hidden_size)`."""
-        return self.multi_modal_projector(self.get_vision_features(pixel_values))
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Runs the encoder and selects the features the projector reads.
+
+        Args:
+            pixel_values: `(num_images, channels, image_size, image_size)` from the image processor.
+
+        Returns:
+            `(num_images, image_seq_length, vision_hidden_size * pixel_shuffle_factor**2)`. With a frozen
+            encoder these can be computed once per image and passed to `forward` as `vision_features`.
+        """
+        return self._encode_images(pixel_values)[1]
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Encodes and projects images.
+
+        Args:
+            pixel_values: `(num_images, 3, H, W)`.
+            return_dict: a `BaseModelOutputWithPooling` (default) or a tuple.
+            kwargs: go to the vision tower (`output_hidden_states`, `output_attentions`).
+
+        Returns:
+            The vision tower's `BaseModelOutputWithPooling` (`last_hidden_state`, `hidden_states`,
+            `attentions`) with `pooler_output` set to the projected features
+            `(num_images, image_seq_length, text_hidden_size)`.
+        """
+        outputs, features = self._encode_images(pixel_values, **kwargs)
+        outputs = BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.multi_modal_projector(features),
+            hidden_states=outputs.hidden_states if kwargs.get("output_hidden_states") else None,
+            attentions=getattr(outputs, "attentions", None),
+        )
+        return outputs if _return_dict(self.config, return_dict) else outputs.to_tuple()
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
     ) -> torch.Tensor:
         """Boolean mask `(batch, seq)` of the `<image>` positions, checked against the features.
 
-        Every sequence must hold exactly `image_seq_length` image tokens for its one image.
+        The batch must hold `image_seq_length` image tokens for each of its images: their total
+        equals `num_images * image_seq_length`, whichever texts the images belong to.
         """
         if input_ids is None:
             image_embed = self.get_input_embeddings()(
@@ -258,17 +244,153 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
             mask = (inputs_embeds == image_embed).all(-1)
         else:
             mask = input_ids == self.config.image_token_index
-        per_row = mask.sum(-1)
         num_images, num_tokens = image_features.shape[:2]
-        if mask.shape[0] != num_images or bool((per_row != num_tokens).any()):
+        found = mask.sum()
+        if _is_tracing():
+            # No data-dependent Python branch under torch.compile / torch.export: a runtime assert.
+            torch._check_tensor_all(found == num_images * num_tokens)
+        elif int(found) != num_images * num_tokens:
             raise ValueError(
-                f"expected {num_tokens} image tokens in each of {num_images} sequence(s) for {num_images} image(s), "
-                f"found {per_row.tolist()} in {mask.shape[0]} sequence(s); did the processor expand <image>? "
-                "Build inputs with MiniVLMProcessor, one image per text."
+                f"expected {num_tokens} image tokens for each of {num_images} image(s), {num_images * num_tokens} in "
+                f"all, found {int(found)} in input_ids; did the processor expand <image>? Build inputs with "
+                "MiniVLMProcessor, with as many <image> placeholders as images."
             )
         return mask
 
-    # -- forward ----------------------------------------------------------------------
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        vision_features: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MiniVLMModelOutputWithPast | tuple:
+        r"""Embeds the text, puts the projected images at the `<image>` tokens, runs the text model.
+
+        Args: as [`MiniVLMForConditionalGeneration.forward`], without `labels` / `logits_to_keep`.
+
+        Returns:
+            [`MiniVLMModelOutputWithPast`]: the text model's `last_hidden_state` `(batch, seq, hidden)`,
+            `cache`, `hidden_states`, `attentions`, plus `image_hidden_states` and `image_outputs`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if pixel_values is not None and vision_features is not None:
+            raise ValueError("Pass pixel_values or vision_features, not both.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_outputs = image_features = None
+        if vision_features is not None:
+            vision_features = vision_features.to(self.multi_modal_projector.linear_1.weight.dtype)
+            image_features = self.multi_modal_projector(vision_features)
+        elif pixel_values is not None:
+            image_outputs = self.get_image_features(
+                pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                return_dict=True,
+            )
+            image_features = image_outputs.pooler_output
+        # Without images, `<image>` ids embed as plain tokens: the text-only forward of assisted
+        # decoding and prompt lookup (LLaVA's behaviour).
+        if image_features is not None:
+            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        output = MiniVLMModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=getattr(outputs, "cache", None),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+            image_outputs=image_outputs,
+        )
+        return output if _return_dict(self.config, return_dict) else output.to_tuple()
+
+
+def _embedding_name(language_model: nn.Module) -> str:
+    """Name of the input-embedding module inside a text base model (`embed_tokens`, GPT-2's `wte`, ...)."""
+    embeddings = language_model.get_input_embeddings()
+    return next(name for name, module in language_model.named_modules() if module is embeddings)
+
+
+class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
+    """MiniVLM for captioning and image-conditioned generation: [`MiniVLMModel`] + `lm_head`.
+
+    `lm_head` is tied to the text model's input embeddings when the text config ties them.
+    `vision_tower`, `multi_modal_projector` and `language_model` are reachable here too, as on
+    `LlavaForConditionalGeneration`. Pretrained parts come in through `minivlm.data.builder`.
+    """
+
+    # The Llama layout; __init__ names the embeddings of the actual text model (GPT-2: `wte`).
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__(config)
+        self.model = MiniVLMModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self._tied_weights_keys = {
+            "lm_head.weight": f"model.language_model.{_embedding_name(self.model.language_model)}.weight"
+        }
+        self.post_init()
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self) -> nn.Module:
+        return self.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def get_decoder(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """See [`MiniVLMModel.get_vision_features`]."""
+        return self.model.get_vision_features(pixel_values)
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, **kwargs
+    ) -> BaseModelOutputWithPooling | tuple:
+        """See [`MiniVLMModel.get_image_features`]: projected features in `pooler_output`."""
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -281,79 +403,77 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         vision_features: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> MiniVLMCausalLMOutputWithPast:
+    ) -> MiniVLMCausalLMOutputWithPast | tuple:
         r"""Runs the VLM.
 
         Args:
             input_ids: `(batch, seq)` token ids, with `image_seq_length` `<image>` tokens per image.
-            pixel_values: `(batch, 3, H, W)`, one image per sequence; needed whenever `input_ids`
-                hold `<image>` tokens that are not in the cache yet.
+            pixel_values: `(num_images, 3, H, W)`: every image of the batch, in the order of their
+                `<image>` placeholders (texts first to last, left to right within a text).
             attention_mask: `(batch, seq)`, 1 for real tokens, 0 for padding.
-            cache: the KV cache (`transformers.Cache`); `generate()` passes it under this name.
+            cache: the KV cache (`transformers.Cache`); `generate()` passes it under this name
+                (`past_key_values` is accepted with a deprecation warning).
             inputs_embeds: `(batch, seq, hidden)` instead of `input_ids`.
             labels: `(batch, seq)`; -100 positions are ignored, and `<image>` positions always are.
             logits_to_keep: keep only the last N positions' logits (0: all). With `labels`, the loss
                 then covers the last N positions too: a training batch whose captions all sit in its
                 last N positions (image and prompt first) skips the vocabulary projection of every
                 image position.
-            vision_features: `(batch, image_seq_length, vision_dim)` from `get_vision_features`, in place
-                of `pixel_values` (a frozen encoder's features cached once per image).
+            vision_features: `(num_images, image_seq_length, vision_dim)` from `get_vision_features`,
+                in place of `pixel_values` (a frozen encoder's features cached once per image).
+            return_dict: a [`MiniVLMCausalLMOutputWithPast`] (default) or a tuple.
 
         Returns:
             [`MiniVLMCausalLMOutputWithPast`] with `loss` (when labels are given), `logits`
-            `(batch, seq, vocab)`, `cache`, and `image_hidden_states`.
+            `(batch, seq, vocab)`, `cache`, `hidden_states`, `attentions`, `image_hidden_states`
+            and `image_outputs`.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-
-        if pixel_values is not None and vision_features is not None:
-            raise ValueError("Pass pixel_values or vision_features, not both.")
-        image_features = None
-        if vision_features is not None:
-            vision_features = vision_features.to(self.multi_modal_projector.linear_1.weight.dtype)
-            image_features = self.multi_modal_projector(vision_features)
-        elif pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
-        if image_features is not None:
-            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
-            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
-        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
-            if bool((input_ids == self.config.image_token_index).any()):
-                raise ValueError(
-                    "input_ids contain <image> tokens but no pixel_values (or vision_features) were given; pass the images "
-                    "(processor(images=..., text=...) returns both)."
-                )
-
-        if labels is not None and input_ids is not None:
-            labels = labels.masked_fill(input_ids == self.config.image_token_index, -100)
-        if labels is not None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            labels = labels[:, -logits_to_keep:]
-
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
-            labels=labels,
+            inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
+            vision_features=vision_features,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
             **kwargs,
         )
-        return MiniVLMCausalLMOutputWithPast(
-            loss=outputs.loss,
-            logits=outputs.logits,
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
+        else:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.image_token_index, -100)
+            if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+                labels = labels[:, -logits_to_keep:]
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+
+        output = MiniVLMCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=image_features,
+            image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
+        return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
-
-    # -- generation -------------------------------------------------------------------------
     def prepare_inputs_for_generation(self, *args, vision_features=None, is_first_iteration=False, **kwargs):
         # Like pixel_values (which GenerationMixin drops by itself), cached vision features feed
         # the first step only: later steps read the images from the KV cache.
@@ -362,4 +482,10 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
             model_inputs["vision_features"] = vision_features
         return model_inputs
 
-__all__ = ["MiniVLMForConditionalGeneration", "MiniVLMPreTrainedModel", "MiniVLMMultiModalProjector"]
+
+__all__ = [
+    "MiniVLMForConditionalGeneration",
+    "MiniVLMModel",
+    "MiniVLMPreTrainedModel",
+    "MiniVLMMultiModalProjector",
+]
