@@ -5,8 +5,9 @@ Ships to the Hub verbatim as remote code: it imports transformers, PIL and numpy
 
 import numpy as np
 from PIL import Image, ImageOps
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import BatchFeature, ProcessorMixin
 from transformers.image_utils import load_image
+from transformers.processing_utils import ProcessingKwargs, Unpack
 
 
 # One user turn: its images become `<image>` and its text follows. Assistant turns (training
@@ -45,31 +46,58 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-class MiniVLMProcessor(ProcessorMixin):
-    """Wraps an image processor (ViT's) and a tokenizer into one MiniVLM processor.
+class MiniVLMProcessorKwargs(ProcessingKwargs, total=False):
+    """Keyword arguments of [`MiniVLMProcessor.__call__`], by modality (as transformers' processors take them)."""
 
-    `processor(images=..., text=...)` returns `input_ids`, `attention_mask` and `pixel_values`:
-    each text holds one `<image>` (none: the image goes first), which is expanded to
-    `image_seq_length` image tokens. Batches are padded on the tokenizer's side (left for
-    generation). `batch_decode` / `post_process_image_text_to_text` turn generated ids into text.
+    _defaults = {
+        "text_kwargs": {"padding": "longest"},
+        "common_kwargs": {"return_tensors": "pt"},
+    }
+
+
+def _is_image(item) -> bool:
+    return isinstance(item, (Image.Image, np.ndarray, str)) or hasattr(item, "__fspath__") or _is_tensor(item)
+
+
+def _is_tensor(item) -> bool:
+    return type(item).__module__.startswith("torch") and hasattr(item, "permute")
+
+
+class MiniVLMProcessor(ProcessorMixin):
+    """Wraps an image processor and a tokenizer into one MiniVLM processor, as `LlavaProcessor` does.
+
+    `processor(images=..., text=...)` returns `input_ids`, `attention_mask` and `pixel_values`.
+    Each `<image>` in a text is expanded to `image_seq_length` image tokens; a text may hold
+    several, anywhere. `pixel_values` `(num_images, 3, H, W)` holds every image of the batch in
+    placeholder order. Batches are padded on the tokenizer's side (left for generation).
+    `batch_decode` / `post_process_image_text_to_text` turn generated ids into text.
 
     Args:
         image_processor: resizes and normalises images to the encoder's input.
         tokenizer: the LM's tokenizer, with `<image>` as a special token.
-        image_seq_length: image tokens per image (the model config's `image_seq_length`).
+        image_seq_length: image tokens per image: the model config's `image_seq_length`
+            (`minivlm.data.builder` sets it from the config; saved in `processor_config.json`).
         image_token: the placeholder string (default `"<image>"`).
         chat_template: Jinja template for `apply_chat_template` (default: image, then text).
     """
+
+    valid_processor_kwargs = MiniVLMProcessorKwargs
 
     def __init__(
         self,
         image_processor=None,
         tokenizer=None,
-        image_seq_length: int = 197,
+        image_seq_length: int | None = None,
         image_token: str = "<image>",
         chat_template: str | None = None,
         **kwargs,
     ):
+        if image_seq_length is None:
+            raise ValueError(
+                "image_seq_length is required: pass the model config's value "
+                "(MiniVLMProcessor(..., image_seq_length=model.config.image_seq_length)); "
+                "minivlm.data.builder sets it for you."
+            )
         self.image_seq_length = image_seq_length
         self.image_token = image_token
         if chat_template is None:
@@ -79,125 +107,169 @@ class MiniVLMProcessor(ProcessorMixin):
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(
                 f"the tokenizer has no {image_token!r} token; add it as a special token "
-                "(MiniVLMProcessor.from_pretrained_parts does) and resize the model's embeddings."
+                "(minivlm.data.builder.prepare_tokenizer does) and resize the model's embeddings."
             )
 
-    @classmethod
-    def from_pretrained_parts(
-        cls,
-        vision_model: str = "google/vit-large-patch16-224",
-        language_model: str = "HuggingFaceTB/SmolLM-360M",
-        image_seq_length: int | None = None,
-        image_token: str = "<image>",
-        **kwargs,
-    ) -> "MiniVLMProcessor":
-        """Builds the processor from a vision model's image processor and a causal LM's tokenizer.
+    def load_image(self, image, index: int = 0) -> Image.Image:
+        """One image as an upright RGB PIL image.
 
-        Adds `image_token` as a special token, uses EOS for padding when the tokenizer has no
-        pad token, and pads on the left (for batched generation). `image_seq_length` defaults
-        to the vision model's patches plus CLS (the notebook's 197 for ViT-L/16-224); pass the
-        model config's value when it uses another feature strategy or pixel shuffle.
-        `kwargs` go to both `from_pretrained` calls (`revision`, `cache_dir`, ...).
+        Takes a PIL image, a local path or URL (read with transformers' `load_image`), a numpy
+        array `(H, W, C)` or `(H, W)` (uint8, or float in [0, 1]) or a torch tensor `(C, H, W)`.
         """
-        image_processor = AutoImageProcessor.from_pretrained(vision_model, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(language_model, **kwargs)
-        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"
-        if image_seq_length is None:
-            vision_config = AutoConfig.from_pretrained(vision_model, **kwargs)
-            image_seq_length = (vision_config.image_size // vision_config.patch_size) ** 2 + 1
-        return cls(image_processor, tokenizer, image_seq_length=image_seq_length, image_token=image_token)
-
-    def _prepare_images(self, images) -> list[Image.Image]:
-        if isinstance(images, (list, tuple)):
-            images = [item for group in images for item in (group if isinstance(group, (list, tuple)) else [group])]
-        else:
-            images = [images]
-        prepared = []
-        for index, image in enumerate(images):
-            if isinstance(image, str) or hasattr(image, "__fspath__"):
-                try:
-                    image = load_image(str(image))
-                except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-                    raise ValueError(
-                        f"could not read image {index} ({image}): {error}; check that the file exists and is a "
-                        "complete image (PNG, JPEG, ...)."
-                    ) from error
-            if not isinstance(image, Image.Image):
+        if isinstance(image, str) or hasattr(image, "__fspath__"):
+            try:
+                image = load_image(str(image))
+            except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
                 raise ValueError(
-                    f"image {index} is a {type(image).__name__}, not an image; pass PIL images, local paths or "
-                    "URLs (for tensors or arrays, convert with PIL.Image.fromarray first)."
+                    f"could not read image {index} ({image}): {error}; check that the file exists and is a "
+                    "complete image (PNG, JPEG, ...)."
+                ) from error
+        elif _is_tensor(image):
+            if image.ndim != 3:
+                raise ValueError(f"image {index} is a tensor of shape {tuple(image.shape)}; pass (channels, H, W).")
+            image = image.detach().cpu().permute(1, 2, 0).numpy()
+        if isinstance(image, np.ndarray):
+            if image.ndim == 3 and image.shape[-1] == 1:
+                image = image[..., 0]
+            if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+                raise ValueError(
+                    f"image {index} is an array of shape {image.shape}; pass (H, W, 3) RGB, (H, W, 4) RGBA or (H, W)."
                 )
-            prepared.append(to_rgb(image))
-        return prepared
-
-    def _expand_image_tokens(self, texts: list[str], num_images: int) -> list[str]:
-        if len(texts) != num_images:
+            if image.dtype != np.uint8:
+                image = (np.clip(image.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
+            image = Image.fromarray(image)
+        if not isinstance(image, Image.Image):
             raise ValueError(
-                f"got {num_images} image(s) for {len(texts)} text(s); MiniVLM takes one image per text."
+                f"image {index} is a {type(image).__name__}, not an image; pass PIL images, local paths, URLs, "
+                "numpy arrays (H, W, C) or torch tensors (C, H, W)."
             )
-        expanded = []
-        for text in texts:
-            count = text.count(self.image_token)
-            if count > 1:
+        return to_rgb(image)
+
+    def _images_per_text(self, images, texts: list[str]) -> list[list]:
+        """Assigns the images to the texts: one list of images per text, in placeholder order."""
+        counts = [text.count(self.image_token) for text in texts]
+        if _is_image(images):
+            images = [images]
+        images = list(images)
+        if not images:
+            raise ValueError("images=[] holds no image; pass at least one image, or images=None for text only.")
+        if all(isinstance(group, (list, tuple)) for group in images):  # nested: one list per text
+            if len(images) != len(texts):
                 raise ValueError(
-                    f"a text holds {count} {self.image_token!r} placeholders; MiniVLM takes one image per text."
+                    f"got {len(images)} image lists for {len(texts)} text(s); pass one list of images per text."
                 )
-            if count == 0:
-                text = self.image_token + text
-            expanded.append(text.replace(self.image_token, self.image_token * self.image_seq_length))
-        return expanded
+            groups = [list(group) for group in images]
+        elif any(isinstance(group, (list, tuple)) for group in images):
+            raise ValueError("mix of images and lists of images; pass one flat list, or one list per text.")
+        elif sum(counts) == len(images):
+            groups, start = [], 0
+            for count in counts:
+                groups.append(images[start : start + count])
+                start += count
+        elif sum(counts) == 0 and len(images) == len(texts):
+            groups = [[image] for image in images]
+        else:
+            raise ValueError(
+                f"got {len(images)} image(s) for {sum(counts)} {self.image_token!r} placeholder(s) in {len(texts)} "
+                f"text(s); put one {self.image_token!r} in the texts per image (or none at all, with one image per "
+                "text: each image then goes first)."
+            )
+        for i, (group, count) in enumerate(zip(groups, counts)):
+            if count != len(group) and not (count == 0 and len(group) == 1):
+                raise ValueError(
+                    f"text {i} holds {count} {self.image_token!r} placeholder(s) for {len(group)} image(s); "
+                    f"put one {self.image_token!r} per image where it belongs in the text."
+                )
+        return groups
+
+    def _expand_image_tokens(self, texts: list[str], groups: list[list]) -> tuple[list[str], list[list[dict]]]:
+        """Puts an image first where a text has none, expands each `<image>`; returns the texts and their offsets."""
+        replacement = self.image_token * self.image_seq_length
+        expanded, offsets = [], []
+        for text, group in zip(texts, groups):
+            prepended = bool(group) and self.image_token not in text
+            pieces = text.split(self.image_token)
+            new, spans, position, new_position = "", [], 0, 0
+            if prepended:
+                spans.append({"type": "image", "span": (0, 0), "new_span": (0, len(replacement)),
+                              "text": "", "replacement": replacement})
+                new, new_position = replacement, len(replacement)
+            for index, piece in enumerate(pieces):
+                new += piece
+                position, new_position = position + len(piece), new_position + len(piece)
+                if index < len(pieces) - 1:
+                    spans.append({"type": "image", "span": (position, position + len(self.image_token)),
+                                  "new_span": (new_position, new_position + len(replacement)),
+                                  "text": self.image_token, "replacement": replacement})
+                    new += replacement
+                    position += len(self.image_token)
+                    new_position += len(replacement)
+            expanded.append(new)
+            offsets.append(spans)
+        return expanded, offsets
 
     def __call__(
         self,
         images=None,
         text: str | list[str] | None = None,
-        padding: bool | str | None = None,
-        truncation: bool | None = None,
-        max_length: int | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs,
+        **kwargs: Unpack[MiniVLMProcessorKwargs],
     ) -> BatchFeature:
         """Prepares model inputs.
 
         Args:
-            images: a PIL image, path or URL, or a list of them (one per text).
-            text: a string or list of strings; `None` captions from the image alone.
-            padding: padding strategy; defaults to padding a batch of several texts.
+            images: an image (PIL, path, URL, numpy `(H, W, C)`, torch `(C, H, W)`), a flat list of
+                images for the whole batch (in placeholder order), or one list of images per text.
+                A text without `<image>` given exactly one image gets it first.
+            text: a string or list of strings with one `<image>` per image; `None` captions the
+                images alone (one text per image).
+            kwargs: tokenizer options (`padding`, `truncation`, `max_length`, `return_offsets_mapping`,
+                ...) and image-processor options, flat or as `text_kwargs` / `images_kwargs`.
 
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` `(batch, seq)` and, with images,
-            `pixel_values` `(batch, 3, H, W)`.
+            `pixel_values` `(num_images, 3, H, W)`.
         """
         if images is None and text is None:
             raise ValueError("pass images, text or both.")
+        output_kwargs = self._merge_kwargs(
+            MiniVLMProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
+        text_kwargs = output_kwargs["text_kwargs"]
+        want_offsets = bool(
+            text_kwargs.pop("return_text_replacement_offsets", None) or output_kwargs.get("return_text_replacement_offsets")
+        )
+        for unused in ("return_mm_token_type_ids", "sanitize_control_tokens"):
+            text_kwargs.pop(unused, None)
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        output_kwargs["images_kwargs"].pop("return_tensors", None)
+
         if isinstance(text, str):
             text = [text]
         data = {}
         if images is not None:
-            images = self._prepare_images(images)
             if text is None:
-                text = [""] * len(images)
-            text = self._expand_image_tokens(list(text), len(images))
-            image_kwargs = {k: v for k, v in kwargs.items() if k in ("size", "do_resize", "do_normalize")}
-            data.update(self.image_processor(images, return_tensors=return_tensors, **image_kwargs))
-        elif any(self.image_token in t for t in text):
-            raise ValueError(f"the text holds {self.image_token!r} but no images were given.")
-        if padding is None:
-            padding = len(text) > 1
-        text_inputs = self.tokenizer(
-            text, padding=padding, truncation=truncation, max_length=max_length, return_tensors=return_tensors
-        )
-        if truncation and images is not None:
-            counts = [list(ids).count(self.image_token_id) for ids in text_inputs["input_ids"]]
-            if any(count != self.image_seq_length for count in counts):
-                raise ValueError(
-                    f"truncation to max_length={max_length} cut into the {self.image_seq_length} image tokens; "
-                    "raise max_length."
-                )
+                num_images = 1 if _is_image(images) else len(images)
+                text = [""] * max(num_images, 1)
+            groups = self._images_per_text(images, list(text))
+            flat = [self.load_image(image, i) for i, image in enumerate(item for group in groups for item in group)]
+            text, offsets = self._expand_image_tokens(list(text), groups)
+            data.update(self.image_processor(flat, return_tensors=return_tensors, **output_kwargs["images_kwargs"]))
+        else:
+            if any(self.image_token in t for t in text):
+                raise ValueError(f"the text holds {self.image_token!r} but no images were given; pass images=....")
+            offsets = [[] for _ in text]
+            groups = [[] for _ in text]
+        text_inputs = self.tokenizer(text, return_tensors=return_tensors, **text_kwargs)
+        if images is not None and text_kwargs.get("truncation"):
+            for i, (ids, group) in enumerate(zip(text_inputs["input_ids"], groups)):
+                if list(ids).count(self.image_token_id) != len(group) * self.image_seq_length:
+                    raise ValueError(
+                        f"truncation to max_length={text_kwargs.get('max_length')} cut into the image tokens of "
+                        f"text {i}; raise max_length."
+                    )
         data.update(text_inputs)
+        if want_offsets:
+            data["text_replacement_offsets"] = offsets
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs) -> list[str]:
@@ -210,4 +282,4 @@ class MiniVLMProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values"]
 
 
-__all__ = ["MiniVLMProcessor", "to_rgb"]
+__all__ = ["MiniVLMProcessor", "MiniVLMProcessorKwargs", "to_rgb"]
