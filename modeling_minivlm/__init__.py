@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 from .configuration_minivlm import MiniVLMConfig
 from .modeling_minivlm import (
     MiniVLMForConditionalGeneration,
+    MiniVLMModel,
     MiniVLMMultiModalProjector,
     MiniVLMPreTrainedModel,
 )
@@ -24,6 +25,7 @@ from .processing_minivlm import MiniVLMProcessor
 
 
 AutoConfig.register(MiniVLMConfig.model_type, MiniVLMConfig, exist_ok=True)
+# AutoModel gives the class that generates (the Hub usage `AutoModel.from_pretrained(...).generate`).
 AutoModel.register(MiniVLMConfig, MiniVLMForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(MiniVLMConfig, MiniVLMForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(MiniVLMConfig, MiniVLMProcessor, exist_ok=True)
@@ -33,10 +35,25 @@ MiniVLMConfig.register_for_auto_class("AutoConfig")
 MiniVLMForConditionalGeneration.register_for_auto_class("AutoModel")
 MiniVLMProcessor.register_for_auto_class("AutoProcessor")
 
+
+def __getattr__(name: str):
+    # The builder lives in minivlm.data (it is not shipped); imported on first use, so that
+    # `import minivlm` stays light and free of import cycles.
+    if name in ("build_from_pretrained_parts", "build_from_parts", "build_from_configs"):
+        from .data import builder
+
+        return getattr(builder, name)
+    raise AttributeError(f"module 'minivlm' has no attribute {name!r}")
+
+
 __all__ = [
+    "build_from_configs",
+    "build_from_parts",
+    "build_from_pretrained_parts",
     "MiniVLMConfig",
     "MiniVLMForConditionalGeneration",
     "MiniVLMImageToTextPipeline",
+    "MiniVLMModel",
     "MiniVLMMultiModalProjector",
     "MiniVLMPreTrainedModel",
     "MiniVLMProcessor",

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
-from minivlm import MiniVLMForConditionalGeneration
-from minivlm import MiniVLMProcessor
+from minivlm import MiniVLMForConditionalGeneration, MiniVLMProcessor
+from minivlm.data.builder import build_from_parts, load_vision_tower
 
 
 # The notebook's projector is nn.Sequential(Linear, GELU, LayerNorm, Linear).
@@ -50,7 +50,7 @@ def convert(args: ConvertArguments) -> tuple[MiniVLMForConditionalGeneration, Mi
     vision_model = args.vision_model or names["vision_model_name"]
     language_model = args.language_model or names["lm_model_name"]
 
-    vision_tower = AutoModel.from_pretrained(vision_model, add_pooling_layer=False)
+    vision_tower = load_vision_tower(vision_model)
     lm = AutoModelForCausalLM.from_pretrained(language_model)
     lm.load_state_dict(checkpoint["language_model_state_dict"])  # strict: every trained weight lands
     tokenizer_source = checkpoint_dir / "tokenizer"
@@ -60,7 +60,7 @@ def convert(args: ConvertArguments) -> tuple[MiniVLMForConditionalGeneration, Mi
         processor_source if processor_source.is_dir() else vision_model
     )
 
-    model = MiniVLMForConditionalGeneration.from_parts(vision_tower, lm, tokenizer)
+    model, processor = build_from_parts(vision_tower, lm, tokenizer, image_processor)
     projector_state = {}
     for key, value in checkpoint["projector_state_dict"].items():
         prefix = next((p for p in PROJECTOR_KEYS if key.startswith(p)), None)
@@ -69,10 +69,6 @@ def convert(args: ConvertArguments) -> tuple[MiniVLMForConditionalGeneration, Mi
         projector_state[PROJECTOR_KEYS[prefix] + key[len(prefix) :]] = value
     model.multi_modal_projector.load_state_dict(projector_state)
 
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    processor = MiniVLMProcessor(image_processor, tokenizer, image_seq_length=model.config.image_seq_length)
     model.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)
     return model, processor

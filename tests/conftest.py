@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import ViTImageProcessorPil
-
 from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
+from minivlm.data.builder import build_model_from_config, build_processor
 from minivlm.data.tokenizer import build_word_level_tokenizer
 
 
@@ -67,19 +66,13 @@ def make_config(tokenizer=None, **overrides) -> MiniVLMConfig:
     return MiniVLMConfig(vision_config=vision, text_config=text, **overrides)
 
 
-def make_model(config: MiniVLMConfig | None = None, seed: int = 0) -> MiniVLMForConditionalGeneration:
+def make_model(config: MiniVLMConfig | None = None, seed: int = 0, tokenizer=None) -> MiniVLMForConditionalGeneration:
     torch.manual_seed(seed)
-    model = MiniVLMForConditionalGeneration(config or make_config()).eval()
-    model.generation_config.pad_token_id = model.config.text_config.pad_token_id
-    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
-    return model
+    return build_model_from_config(config or make_config(), tokenizer or make_tokenizer())
 
 
 def make_processor(config: MiniVLMConfig | None = None, tokenizer=None) -> MiniVLMProcessor:
-    config = config or make_config()
-    size = config.vision_config.image_size
-    image_processor = ViTImageProcessorPil(size={"height": size, "width": size})
-    return MiniVLMProcessor(image_processor, tokenizer or make_tokenizer(), image_seq_length=config.image_seq_length)
+    return build_processor(config or make_config(), tokenizer or make_tokenizer())
 
 
 def make_images(n: int, size: int = 40, seed: int = 0) -> list[Image.Image]:

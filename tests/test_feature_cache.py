@@ -87,11 +87,11 @@ def test_cached_training_loss_and_projector_grads_equal_pixel_training(tokenizer
         results.append((loss.detach(), grads))
     (pixel_loss, pixel_grads), (feature_loss, feature_grads) = results
     torch.testing.assert_close(feature_loss, pixel_loss)
-    projector = [n for n in pixel_grads if n.startswith("multi_modal_projector.")]
+    projector = [n for n in pixel_grads if n.startswith("model.multi_modal_projector.")]
     assert len(projector) == 6
     for name in pixel_grads:  # the projector's, and the LM's too
         torch.testing.assert_close(feature_grads[name], pixel_grads[name], msg=name)
-    assert not any(n.startswith("vision_tower.") for n in pixel_grads)
+    assert not any(n.startswith("model.vision_tower.") for n in pixel_grads)
 
 
 def test_cache_reused_for_same_encoder_and_recomputed_after_vision_weights_change(tokenizer, tmp_path):

@@ -106,28 +106,29 @@ def test_left_padding_is_masked(model, processor):
 def test_get_image_features_strategies_and_layers(images):
     pixel_values = make_processor()(images=images)["pixel_values"]
     full = make_model(make_config())
-    assert full.get_image_features(pixel_values).shape == (3, 17, 32)
+    assert full.get_image_features(pixel_values).pooler_output.shape == (3, 17, 32)
     default = make_model(make_config(vision_feature_select_strategy="default"))
-    assert default.get_image_features(pixel_values).shape == (3, 16, 32)
+    assert default.get_image_features(pixel_values).pooler_output.shape == (3, 16, 32)
     shuffled = make_model(make_config(vision_feature_select_strategy="default", pixel_shuffle_factor=2))
     assert shuffled.multi_modal_projector.linear_1.in_features == 4 * 32
-    assert shuffled.get_image_features(pixel_values).shape == (3, 4, 32)
+    assert shuffled.get_image_features(pixel_values).pooler_output.shape == (3, 4, 32)
     # -1 is last_hidden_state (after the final LayerNorm), another layer is taken before it.
     vision_out = full.vision_tower(pixel_values, output_hidden_states=True)
     torch.testing.assert_close(
-        full.get_image_features(pixel_values), full.multi_modal_projector(vision_out.last_hidden_state)
+        full.get_image_features(pixel_values).pooler_output, full.multi_modal_projector(vision_out.last_hidden_state)
     )
     layer_model = make_model(make_config(vision_feature_layer=-2))
     vision_out = layer_model.vision_tower(pixel_values, output_hidden_states=True)
     torch.testing.assert_close(
-        layer_model.get_image_features(pixel_values), layer_model.multi_modal_projector(vision_out.hidden_states[-2])
+        layer_model.get_image_features(pixel_values).pooler_output,
+        layer_model.multi_modal_projector(vision_out.hidden_states[-2]),
     )
 
 
 def test_image_features_land_at_image_token_positions(model, processor):
     inputs = image_inputs(processor, ["a red circle"])
     captured = {}
-    handle = model.language_model.model.register_forward_pre_hook(
+    handle = model.language_model.register_forward_pre_hook(
         lambda module, args, kwargs: captured.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True
     )
     out = model(**inputs)
@@ -141,22 +142,23 @@ def test_image_features_land_at_image_token_positions(model, processor):
 def test_mismatched_image_tokens_raise(model, processor):
     inputs = image_inputs(processor, ["a red circle"])
     too_few = inputs["input_ids"][:, 1:]
-    with pytest.raises(ValueError, match=r"expected 17 image tokens .* found \[16\]"):
+    with pytest.raises(ValueError, match=r"expected 17 image tokens for each of 1 image\(s\), 17 in all, found 16"):
         model(input_ids=too_few, pixel_values=inputs["pixel_values"])
     two_images = torch.cat([inputs["pixel_values"]] * 2)
     with pytest.raises(ValueError, match="did the processor expand <image>"):
         model(input_ids=inputs["input_ids"], pixel_values=two_images)
 
 
-def test_image_tokens_without_pixel_values_raise(model, processor):
+def test_image_tokens_without_pixel_values_embed_as_text(model, processor):
+    # The text-only forward of assisted decoding and prompt lookup: `<image>` is then an ordinary token.
     inputs = image_inputs(processor, ["a red circle"])
-    with pytest.raises(ValueError, match="no pixel_values"):
-        model(input_ids=inputs["input_ids"])
+    out = model(input_ids=inputs["input_ids"])
+    assert out.image_hidden_states is None and out.logits.shape[:2] == inputs["input_ids"].shape
 
 
 def test_wrong_pixel_shape_raises(model, processor):
     inputs = image_inputs(processor, ["a red circle"])
-    with pytest.raises(ValueError, match=r"pixel_values must have shape \(batch, 3, 32, 32\), got \(1, 3, 64, 64\)"):
+    with pytest.raises(ValueError, match=r"pixel_values must have shape \(num_images, 3, 32, 32\), got \(1, 3, 64, 64\)"):
         model(input_ids=inputs["input_ids"], pixel_values=torch.zeros(1, 3, 64, 64))
 
 
@@ -202,8 +204,8 @@ def test_greedy_generate_matches_uncached_loop(model, processor):
 def test_pixel_values_used_on_first_step_only(model, processor, monkeypatch):
     inputs = image_inputs(processor, ["a red"])
     calls = []
-    original = model.get_image_features
-    monkeypatch.setattr(model, "get_image_features", lambda pv: calls.append(pv.shape) or original(pv))
+    original = model.model.get_image_features
+    monkeypatch.setattr(model.model, "get_image_features", lambda pv, **kw: calls.append(pv.shape) or original(pv, **kw))
     model.generation_config.eos_token_id = None
     model.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert calls == [inputs["pixel_values"].shape]
@@ -321,10 +323,10 @@ def test_dtype_reaches_both_sub_models(saved_model_dir, processor):
 
 
 # -- building from pretrained parts ---------------------------------------------------------------
-def test_from_pretrained_parts(tmp_path, processor):
+def test_build_from_pretrained_parts(tmp_path, processor):
     from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
 
-    from minivlm import MiniVLMProcessor
+    from minivlm import build_from_pretrained_parts
     from minivlm.data.tokenizer import build_word_level_tokenizer
 
     torch.manual_seed(0)
@@ -345,19 +347,21 @@ def test_from_pretrained_parts(tmp_path, processor):
     lm.save_pretrained(lm_dir)
     lm_tokenizer.save_pretrained(lm_dir)
 
-    model = MiniVLMForConditionalGeneration.from_pretrained_parts(str(vision_dir), str(lm_dir))
-    vlm_processor = MiniVLMProcessor.from_pretrained_parts(str(vision_dir), str(lm_dir))
+    model, vlm_processor = build_from_pretrained_parts(str(vision_dir), str(lm_dir))
     assert vlm_processor.image_seq_length == model.config.image_seq_length == 17
     assert model.config.image_token_index == vlm_processor.image_token_id == len(lm_tokenizer)
     assert model.config.text_config.vocab_size == len(lm_tokenizer) + 1
     assert vlm_processor.tokenizer.padding_side == "left"
     for name, weight in vit.state_dict().items():
         torch.testing.assert_close(model.vision_tower.state_dict()[name], weight)
+    converted = {f"model.{k}": v for k, v in model.language_model.state_dict().items()}
+    converted["lm_head.weight"] = model.lm_head.weight
+    assert converted.keys() == lm.state_dict().keys()
     for name, weight in lm.state_dict().items():
         if "embed_tokens" in name or "lm_head" in name:
-            torch.testing.assert_close(model.language_model.state_dict()[name][: len(lm_tokenizer)], weight)
+            torch.testing.assert_close(converted[name][: len(lm_tokenizer)], weight)
         else:
-            torch.testing.assert_close(model.language_model.state_dict()[name], weight)
+            torch.testing.assert_close(converted[name], weight)
     assert not any(p.is_meta for p in model.parameters())
     assert model.generation_config.eos_token_id == lm_tokenizer.eos_token_id
 

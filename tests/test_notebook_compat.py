@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTImageProce
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
+from minivlm.data.builder import build_from_parts
 from minivlm.data.tokenizer import build_word_level_tokenizer
 
 
@@ -85,8 +86,8 @@ def tiny_parts(seed=0):
 
 def same_weights_minivlm(vit, lm, projector, tokenizer):
     """MiniVLM holding exactly the notebook model's weights (the vocabulary already has <image>)."""
-    model = MiniVLMForConditionalGeneration.from_parts(
-        _vit_without_pooler(vit), _copy(lm), tokenizer
+    model, _ = build_from_parts(
+        _vit_without_pooler(vit), _copy(lm), tokenizer, ViTImageProcessorPil(size={"height": 32, "width": 32})
     )
     state = {k.replace("projection.0.", "linear_1.").replace("projection.2.", "norm.").replace("projection.3.", "linear_2."): v
              for k, v in projector.state_dict().items()}
@@ -177,8 +178,12 @@ def test_convert_notebook_checkpoint(tmp_path):
 
     model = MiniVLMForConditionalGeneration.from_pretrained(out_dir)
     processor = MiniVLMProcessor.from_pretrained(out_dir)
+    # The LM's weights now sit in the text base model (`model.language_model`) and `lm_head`.
+    converted = {f"model.{k}": v for k, v in model.language_model.state_dict().items()}
+    converted["lm_head.weight"] = model.lm_head.weight
+    assert converted.keys() == lm.state_dict().keys()
     for name, weight in lm.state_dict().items():
-        got = model.language_model.state_dict()[name]
+        got = converted[name]
         torch.testing.assert_close(got[: weight.shape[0]] if got.shape != weight.shape else got, weight)
     torch.testing.assert_close(model.multi_modal_projector.linear_1.weight, projector.projection[0].weight)
     torch.testing.assert_close(model.multi_modal_projector.norm.weight, projector.projection[2].weight)

@@ -91,7 +91,8 @@ def test_unknown_preset_is_a_clear_error(tmp_path):
 def test_freezing_choices(model, freeze, trains):
     apply_freezing(model, freeze)
     for name, parameter in model.named_parameters():
-        assert parameter.requires_grad == (name.split(".")[0] in trains), name
+        part = "language_model" if name.startswith("lm_head.") else name.removeprefix("model.").split(".")[0]
+        assert parameter.requires_grad == (part in trains), name
 
 
 # -- a run, interrupted and resumed ----------------------------------------------------------------

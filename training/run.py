@@ -164,6 +164,8 @@ def load_data(data_args: DataArguments, seed: int):
 
 def build_model(model_args: ModelArguments, train_dataset) -> tuple[MiniVLMForConditionalGeneration, MiniVLMProcessor]:
     """A saved MiniVLM, a tiny one from configs, or one assembled from pretrained parts."""
+    from minivlm.data import builder
+
     attn = model_args.attn_implementation
     if model_args.model_name_or_path:
         model = MiniVLMForConditionalGeneration.from_pretrained(model_args.model_name_or_path, attn_implementation=attn)
@@ -176,32 +178,14 @@ def build_model(model_args: ModelArguments, train_dataset) -> tuple[MiniVLMForCo
     if model_args.tiny_vision_config or model_args.tiny_text_config:
         if not (model_args.tiny_vision_config and model_args.tiny_text_config):
             raise ValueError("a tiny model needs both --tiny_vision_config and --tiny_text_config.")
-        vision_config = json.loads(model_args.tiny_vision_config)
-        text_config = json.loads(model_args.tiny_text_config)
         tokenizer = build_word_level_tokenizer(c for captions in train_dataset["captions"] for c in captions)
-        text_config.update(
-            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        return builder.build_from_configs(
+            json.loads(model_args.tiny_vision_config), json.loads(model_args.tiny_text_config), tokenizer,
+            attn_implementation=attn, **config_kwargs,
         )
-        config = MiniVLMConfig(
-            vision_config=vision_config, text_config=text_config,
-            image_token_index=tokenizer.convert_tokens_to_ids("<image>"), **config_kwargs,
-        )
-        config._attn_implementation = attn
-        model = MiniVLMForConditionalGeneration(config)
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        size = config.vision_config.image_size
-        image_processor = ViTImageProcessorPil(size={"height": size, "width": size})
-        processor = MiniVLMProcessor(image_processor, tokenizer, image_seq_length=config.image_seq_length)
-        return model, processor
-    model = MiniVLMForConditionalGeneration.from_pretrained_parts(
-        model_args.vision_model, model_args.language_model, attn_implementation=attn, config_kwargs=config_kwargs
+    return builder.build_from_pretrained_parts(
+        model_args.vision_model, model_args.language_model, attn_implementation=attn, **config_kwargs
     )
-    processor = MiniVLMProcessor.from_pretrained_parts(
-        model_args.vision_model, model_args.language_model, image_seq_length=model.config.image_seq_length
-    )
-    return model, processor
 
 
 def apply_freezing(model: MiniVLMForConditionalGeneration, freeze: str) -> None:
@@ -210,6 +194,7 @@ def apply_freezing(model: MiniVLMForConditionalGeneration, freeze: str) -> None:
         raise ValueError(f"freeze={freeze!r}; choose one of {', '.join(FREEZE_CHOICES)}.")
     model.vision_tower.requires_grad_(freeze == "none")
     model.language_model.requires_grad_(freeze != "projector-only")
+    model.lm_head.requires_grad_(freeze != "projector-only")
     model.multi_modal_projector.requires_grad_(True)
 
 
