@@ -145,7 +145,7 @@ class MiniVLMConfig(PreTrainedConfig):
                     "pass num_additional_image_tokens (1 for a CLS token, 0 for none)."
                 )
             self.num_additional_image_tokens = PREFIX_TOKENS[model_type]
-        if self.vision_config.model_type == "siglip_vision_model" and not hasattr(self.vision_config, "vision_use_head"):
+        if self.vision_config.model_type == "siglip_vision_model":
             # SigLIP's attention-pooling head is never read: built, it would hold parameters without gradient.
             self.vision_config.vision_use_head = False
         if self.vision_feature_select_strategy not in ("default", "full"):

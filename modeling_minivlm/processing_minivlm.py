@@ -166,13 +166,13 @@ class MiniVLMProcessor(ProcessorMixin):
             for count in counts:
                 groups.append(images[start : start + count])
                 start += count
-        elif sum(counts) == 0 and len(images) == len(texts):
-            groups = [[image] for image in images]
+        elif len(images) == len(texts) and all(count <= 1 for count in counts):
+            groups = [[image] for image in images]  # one image per text, first where it has no placeholder
         else:
             raise ValueError(
                 f"got {len(images)} image(s) for {sum(counts)} {self.image_token!r} placeholder(s) in {len(texts)} "
-                f"text(s); put one {self.image_token!r} in the texts per image (or none at all, with one image per "
-                "text: each image then goes first)."
+                f"text(s); put one {self.image_token!r} in the texts per image (a text without one takes a single "
+                "image, first), or pass one list of images per text."
             )
         for i, (group, count) in enumerate(zip(groups, counts)):
             if count != len(group) and not (count == 0 and len(group) == 1):
