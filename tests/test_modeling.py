@@ -397,3 +397,150 @@ def test_cached_vision_features_replace_pixel_values(model, processor):
     torch.testing.assert_close(generated, model.generate(**inputs, max_new_tokens=5, do_sample=False))
     with pytest.raises(ValueError, match="not both"):
         model(**inputs, vision_features=features)
+
+
+# -- transformers' VLM contracts ---------------------------------------------------------------------
+def test_llava_structure_and_auto_classes(model, saved_model_dir):
+    from transformers import AutoModel, AutoModelForImageTextToText
+
+    from minivlm import MiniVLMModel
+
+    assert isinstance(model.base_model, MiniVLMModel) and model.base_model is model.model
+    assert model.vision_tower is model.model.vision_tower and model.language_model is model.model.language_model
+    assert type(model.language_model).__name__ == "LlamaModel"  # the text base model, no head
+    assert model._no_split_modules == {"ViTEmbeddings", "ViTLayer", "LlamaDecoderLayer"}  # from the sub-models
+    assert model.all_tied_weights_keys == {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    for auto_class in (AutoModel, AutoModelForImageTextToText):
+        assert type(auto_class.from_pretrained(saved_model_dir)) is MiniVLMForConditionalGeneration
+
+
+def test_checkpoint_in_the_old_layout_loads(tmp_path, model, processor):
+    from safetensors.torch import load_file, save_file
+
+    # Files keep the layout from before MiniVLMModel (parts at the top, the LM with its head), as
+    # LLaVA's do: every checkpoint written earlier, and the notebook conversions, load unchanged.
+    model.save_pretrained(tmp_path / "saved")
+    state = load_file(tmp_path / "saved" / "model.safetensors")
+    prefixes = ("vision_tower.", "multi_modal_projector.", "language_model.model.")
+    assert state and all(key.startswith(prefixes) for key in state), sorted(state)[:5]
+    assert "language_model.model.embed_tokens.weight" in state
+    # A state dict written by hand in that layout (as the previous code did) loads into the new classes.
+    (tmp_path / "old").mkdir()
+    save_file({k: v.clone() for k, v in state.items()}, tmp_path / "old" / "model.safetensors", metadata={"format": "pt"})
+    model.config.save_pretrained(tmp_path / "old")
+    loaded = MiniVLMForConditionalGeneration.from_pretrained(tmp_path / "old")
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, msg=name)
+    inputs = image_inputs(processor, ["a red"])
+    torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_return_dict_false_gives_tuples(model, processor):
+    inputs = image_inputs(processor, ["a red circle"])
+    labels = inputs["input_ids"].clone()
+    as_dict = model(**inputs, labels=labels)
+    as_tuple = model(**inputs, labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+    base = model.model(**inputs, return_dict=False)
+    assert isinstance(base, tuple) and base[0].shape == (*inputs["input_ids"].shape, 32)
+    assert isinstance(model.get_image_features(inputs["pixel_values"], return_dict=False), tuple)
+
+
+def test_get_image_features_and_image_outputs(model, processor):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    inputs = image_inputs(processor, ["a red circle"])
+    model.set_attn_implementation("eager")  # sdpa returns no attention weights
+    features = model.get_image_features(inputs["pixel_values"], output_hidden_states=True, output_attentions=True)
+    assert isinstance(features, BaseModelOutputWithPooling)
+    assert features.pooler_output.shape == (1, 17, 32)
+    assert len(features.hidden_states) == 3 and len(features.attentions) == 2  # embeddings + 2 layers
+    out = model(**inputs, output_hidden_states=True, output_attentions=True)
+    torch.testing.assert_close(out.image_outputs.pooler_output, features.pooler_output)
+    torch.testing.assert_close(out.image_hidden_states, features.pooler_output)
+    assert len(out.image_outputs.hidden_states) == 3 and len(out.image_outputs.attentions) == 2
+    assert len(out.hidden_states) == 3 and len(out.attentions) == 2  # the text model's
+    assert model(**inputs).image_outputs.hidden_states is None
+
+
+def test_past_key_values_is_accepted_with_a_deprecation_warning(model, processor, caplog):
+    inputs = image_inputs(processor, ["a red circle on the"])
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    prefix = model(input_ids=ids[:, :-1], pixel_values=inputs["pixel_values"], attention_mask=mask[:, :-1], use_cache=True)
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        step = model(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=prefix.cache, use_cache=True)
+    torch.testing.assert_close(step.logits[:, -1], model(**inputs).logits[:, -1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [{"prompt_lookup_num_tokens": 2}, {"assistant": True}])
+def test_assisted_and_prompt_lookup_decoding_match_greedy(model, processor, kwargs):
+    inputs = image_inputs(processor, ["a red circle on the"])
+    model.generation_config.eos_token_id = None
+    expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    if kwargs.pop("assistant", False):
+        kwargs["assistant_model"] = make_model(model.config, seed=3)  # another MiniVLM, text-only forward
+        kwargs["assistant_model"].generation_config.eos_token_id = None
+    got = model.generate(**inputs, max_new_tokens=6, do_sample=False, **kwargs)
+    torch.testing.assert_close(got, expected)
+
+
+def test_device_map_auto_on_cpu(saved_model_dir, processor):
+    from accelerate import infer_auto_device_map
+
+    model = MiniVLMForConditionalGeneration.from_pretrained(saved_model_dir, device_map="auto")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert model(**image_inputs(processor, ["a red"])).logits.isfinite().all()
+    # Split over two devices, no layer the sub-models declare unsplittable is cut in two.
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    device_map = infer_auto_device_map(
+        model, max_memory={0: size // 2, "cpu": size * 2}, no_split_module_classes=list(model._no_split_modules)
+    )
+    assert set(device_map.values()) == {0, "cpu"}
+    assert not any(".self_attn." in name or ".mlp." in name for name in device_map)
+
+
+def test_attention_implementation_per_sub_model(saved_model_dir):
+    model = MiniVLMForConditionalGeneration.from_pretrained(
+        saved_model_dir, attn_implementation={"text_config": "eager", "vision_config": "sdpa"}
+    )
+    assert model.language_model.config._attn_implementation == "eager"
+    assert model.vision_tower.config._attn_implementation == "sdpa"
+
+
+def test_batch_mixing_one_and_two_images_generates_as_each_alone(model, processor):
+    images = make_images(3)
+    texts = ["<image> a red", "the <image> and <image> two"]
+    model.generation_config.eos_token_id = None
+    batch = processor(images=[[images[0]], images[1:]], text=texts)
+    assert batch["pixel_values"].shape[0] == 3
+    flat = processor(images=images, text=texts)  # one flat list, in placeholder order
+    for key in batch:
+        torch.testing.assert_close(flat[key], batch[key])
+    together = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, -5:]
+    first = model.generate(**processor(images=images[:1], text=texts[:1]), max_new_tokens=5, do_sample=False)
+    second = model.generate(**processor(images=[images[1:]], text=texts[1:]), max_new_tokens=5, do_sample=False)
+    assert together[0].tolist() == first[0, -5:].tolist()
+    assert together[1].tolist() == second[0, -5:].tolist()
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    assert torch.isfinite(model(**batch, labels=labels).loss)  # trains on several images per text too
+    with pytest.raises(ValueError, match=r"expected 17 image tokens for each of 2 image\(s\), 34 in all, found 51"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"][:2])
+
+
+def test_torch_export_of_the_forward_with_images(model, processor):
+    inputs = dict(image_inputs(processor, ["a red circle", "the"]), use_cache=False)
+    exported = torch.export.export(model, args=(), kwargs=inputs)
+    got = exported.module()(**inputs)
+    torch.testing.assert_close(got.logits if hasattr(got, "logits") else got[0], model(**inputs).logits)
+
+
+def test_compiled_decoding_step_has_no_graph_break(model, processor):
+    inputs = image_inputs(processor, ["a red circle"])
+    prefix = model(**inputs, use_cache=True)
+    step = {"input_ids": prefix.logits[:, -1:].argmax(-1), "cache": prefix.cache, "use_cache": True,
+            "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)}
+    explanation = torch._dynamo.explain(model)(**step)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
