@@ -158,3 +158,56 @@ def test_tokenizer_without_image_token_is_rejected(processor):
     tokenizer = build_word_level_tokenizer(["a b"], image_token="<img>")
     with pytest.raises(ValueError, match="no '<image>' token"):
         MiniVLMProcessor(processor.image_processor, tokenizer, image_seq_length=17)
+
+
+def test_numpy_and_torch_images_equal_pil(processor):
+    image = make_images(1)[0]
+    array = np.asarray(image)  # (H, W, 3) uint8
+    tensor = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
+    expected = processor(images=image, text="a")["pixel_values"]
+    for other in (array, tensor, tensor.float() / 255):
+        torch.testing.assert_close(processor(images=other, text="a")["pixel_values"], expected)
+
+
+def test_empty_image_list_is_a_clear_error(processor):
+    with pytest.raises(ValueError, match=r"images=\[\] holds no image"):
+        processor(images=[], text="a")
+
+
+def test_image_seq_length_is_saved_and_required(tmp_path, processor):
+    import json
+
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "processor_config.json").read_text())["image_seq_length"] == 17
+    with pytest.raises(ValueError, match="image_seq_length is required"):
+        MiniVLMProcessor(processor.image_processor, processor.tokenizer)
+
+
+def test_several_images_per_text_nested_or_flat(processor):
+    images = make_images(3)
+    nested = processor(images=[images[:2], images[2:]], text=["<image> a <image>", "the <image>"])
+    assert nested["pixel_values"].shape[0] == 3
+    counts = (nested["input_ids"] == processor.image_token_id).sum(-1).tolist()
+    assert counts == [34, 17]
+    with pytest.raises(ValueError, match=r"text 0 holds 2 '<image>' placeholder\(s\) for 1 image\(s\)"):
+        processor(images=[images[:1], images[1:]], text=["<image> a <image>", "the <image>"])
+
+
+def test_chat_template_assistant_mask_with_generation_markers(processor, tokenizer):
+    template = (
+        "{% for message in messages %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}<image>{% else %}"
+        "{% if message['role'] == 'assistant' %}{% generation %}{{ part['text'] }}{% endgeneration %}"
+        "{% else %}{{ part['text'] }} {% endif %}{% endif %}{% endfor %}{% endfor %}"
+    )
+    conversation = [
+        {"role": "user", "content": [{"type": "image", "image": make_images(1)[0]}, {"type": "text", "text": "a red"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "blue circle"}]},
+    ]
+    out = processor.apply_chat_template(
+        conversation, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+    )
+    ids, mask = out["input_ids"][0].tolist(), out["assistant_masks"][0]
+    mask = mask.tolist() if hasattr(mask, "tolist") else list(mask)
+    assert ids[:17] == [processor.image_token_id] * 17 and out["pixel_values"].shape == (1, 3, 32, 32)
+    assert [i for i, m in zip(ids, mask) if m] == tokenizer("blue circle")["input_ids"]
