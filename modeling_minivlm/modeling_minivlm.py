@@ -109,7 +109,8 @@ def pixel_shuffle(features: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def _is_tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    # True under torch.compile and torch.export (both trace with dynamo).
+    return torch.compiler.is_compiling()
 
 
 class MiniVLMPreTrainedModel(PreTrainedModel):

@@ -20,6 +20,7 @@ TEXT = {
     "gpt2": dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=2, n_positions=128, tie_word_embeddings=True),
 }
 PAIRS = [("siglip", "qwen2", 16), ("clip", "gpt2", 17)]  # SigLIP has no CLS token: 16 patches only
+NO_SPLIT = {"siglip": "SiglipEncoderLayer", "clip": "CLIPEncoderLayer", "qwen2": "Qwen2DecoderLayer", "gpt2": "GPT2Block"}
 
 
 @pytest.mark.parametrize("vision, text, image_tokens", PAIRS)
@@ -34,6 +35,7 @@ def test_backbone_pair_runs_generates_and_reloads(tmp_path, vision, text, image_
     assert out.logits.shape == (*inputs["input_ids"].shape, len(processor.tokenizer))
     assert torch.isfinite(out.loss)
     assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, whatever the embedding's name
+    assert {NO_SPLIT[vision], NO_SPLIT[text]} <= model._no_split_modules  # declared by the sub-models
 
     model.generation_config.eos_token_id = None
     generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)

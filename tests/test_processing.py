@@ -162,7 +162,7 @@ def test_tokenizer_without_image_token_is_rejected(processor):
 
 def test_numpy_and_torch_images_equal_pil(processor):
     image = make_images(1)[0]
-    array = np.asarray(image)  # (H, W, 3) uint8
+    array = np.array(image)  # (H, W, 3) uint8
     tensor = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
     expected = processor(images=image, text="a")["pixel_values"]
     for other in (array, tensor, tensor.float() / 255):

@@ -12,9 +12,9 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from transformers import AutoProcessor, HfArgumentParser, TrainingArguments, ViTImageProcessorPil, set_seed
+from transformers import AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
 
-from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
+from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
 from minivlm.data.collator import CaptionCollator, CaptionEpochCallback
 from minivlm.data.adapters import clean_caption_dataset, load_caption_dataset
