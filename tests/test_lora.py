@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel, get_peft_model_state_dict
+from hub_server import local_hub  # noqa: F401 (fixture)
 from test_training import InterruptAt, assert_same_weights, shapes_dir, tiny_argv, weights  # noqa: F401 (fixture)
 from transformers import AutoModel, AutoProcessor, TrainerCallback
 
@@ -204,3 +205,24 @@ def test_interrupted_lora_run_resumes_bit_exact(tmp_path, shapes_dir, captioner_
     assert finished.state.global_step == 6 and steps.count == 3  # resumed at step 3, not restarted
     assert_same_weights(get_peft_model_state_dict(finished.model), get_peft_model_state_dict(straight.model))
     assert_same_weights(weights(finished.model.get_base_model()), weights(straight.model.get_base_model()))
+
+
+def test_lora_run_pushes_adapters_processor_and_card(local_hub, tmp_path, shapes_dir, captioner_dir):  # noqa: F811
+    argv = tiny_argv(tmp_path / "out", shapes_dir, "--model_name_or_path", str(captioner_dir), "--lora", "true",
+                     "--max_steps", "2", "--push_to_hub", "true", "--hub_model_id", "org/minivlm-lora",
+                     "--hub_token", local_hub.token, "--hub_always_push", "true")
+    trainer = train(*parse_args(argv))
+    commits = local_hub.commits("org/minivlm-lora")
+    assert [c["title"] for c in commits if "adapter_model.safetensors" in c["files"]][-1] == "End of training"
+    files = commits[-1]["files"]
+    assert set(ADAPTER_FILES) | {"processor_config.json", "processing_minivlm.py", "tokenizer.json", "README.md"} <= set(files)
+    assert "model.safetensors" not in files and "config.json" not in files
+    assert b"org/minivlm-lora" in files["README.md"]
+
+    processor = AutoProcessor.from_pretrained("org/minivlm-lora", trust_remote_code=True)
+    image = sorted((Path(shapes_dir) / "test").glob("*.png"))[0]
+    inputs = processor(images=str(image), text="a", return_tensors="pt")
+    pulled = PeftModel.from_pretrained(MiniVLMForConditionalGeneration.from_pretrained(captioner_dir), "org/minivlm-lora")
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pulled(**inputs).logits, trainer.model(**inputs).logits, atol=1e-5, rtol=1e-5)
