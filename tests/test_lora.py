@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from hub_server import local_hub  # noqa: F401 (fixture)
 from test_training import InterruptAt, assert_same_weights, shapes_dir, tiny_argv, weights  # noqa: F401 (fixture)
-from transformers import AutoModel, AutoProcessor, TrainerCallback
+from transformers import AutoModel, AutoProcessor, TrainerCallback, pipeline
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm.training.lora import ADAPTER_FILES, apply_lora, count_trainable, language_model_linear_layers, lora_targets
@@ -141,6 +141,11 @@ def test_second_stage_lora_trains_only_adapters_and_projector(tmp_path, shapes_d
         torch.testing.assert_close(loaded(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
         auto = AutoModel.from_pretrained(out, trust_remote_code=True)
         torch.testing.assert_close(auto(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
+    captioner = pipeline("image-to-text", model=str(out), trust_remote_code=True)
+    ids = auto.generate(**processor(images=str(image), return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    prompt_length = processor(images=str(image))["input_ids"].shape[1]
+    assert captioner(str(image), max_new_tokens=3)[0]["generated_text"] == processor.post_process_image_text_to_text(
+        ids[:, prompt_length:])[0]
 
 
 def test_merge_lora_writes_a_full_model_with_the_adapters_beside_it(tmp_path, shapes_dir, captioner_dir):  # noqa: F811
@@ -226,3 +231,11 @@ def test_lora_run_pushes_adapters_processor_and_card(local_hub, tmp_path, shapes
     trainer.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(pulled(**inputs).logits, trainer.model(**inputs).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_run_refuses_to_resume_a_full_model_checkpoint(tmp_path, shapes_dir, captioner_dir):  # noqa: F811
+    out = tmp_path / "out"
+    train(*parse_args(tiny_argv(out, shapes_dir, "--max_steps", "2")))
+    with pytest.raises(ValueError, match="cannot resume a LoRA run from .*checkpoint-2: it has no adapter_model.safetensors"):
+        train(*parse_args(tiny_argv(out, shapes_dir, "--model_name_or_path", str(captioner_dir), "--lora", "true",
+                                    "--max_steps", "4")))

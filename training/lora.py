@@ -143,7 +143,10 @@ def load_adapter_checkpoint(model: PeftModel, folder: str | Path) -> None:
     """
     path = Path(folder) / ADAPTER_FILES[0]
     if not path.is_file():
-        raise ValueError(f"cannot resume a LoRA run from {folder}: it has no {ADAPTER_FILES[0]} (was it a full-model run?).")
+        raise ValueError(
+            f"cannot resume a LoRA run from {folder}: it has no {ADAPTER_FILES[0]} (a full-model run's checkpoint?); "
+            "use a new --output_dir for the LoRA run, or resume without --lora."
+        )
     state = load_file(str(path))
     expected = set(get_peft_model_state_dict(model))
     missing = sorted(expected - set(state))
