@@ -29,7 +29,7 @@ def _module_names(model: nn.Module) -> dict[int, str]:
     return {id(module): name for name, module in model.named_modules()}
 
 
-def _submodule(model: nn.Module, attribute: str) -> nn.Module:
+def model_part(model: nn.Module, attribute: str) -> nn.Module:
     """`model.<attribute>`, or the base model's (the layout of transformers' LLaVA)."""
     for owner in (model, getattr(model, "base_model", model)):
         module = getattr(owner, attribute, None)
@@ -87,7 +87,7 @@ def apply_lora(
     Everything else (vision tower, embeddings, norms, the LM's base weights) is frozen. Returns the
     wrapped model; `model` itself is modified in place (LoRA layers injected).
     """
-    projector_name = _module_names(model)[id(_submodule(model, "multi_modal_projector"))]
+    projector_name = _module_names(model)[id(model_part(model, "multi_modal_projector"))]
     config = LoraConfig(
         r=r,
         lora_alpha=lora_alpha,
@@ -126,6 +126,12 @@ def check_lora_arguments(model_args, training_args) -> None:
             "--lora without --model_name_or_path trains adapters on a model built in this run, which nothing "
             "could load them onto; pass --model_name_or_path (a saved MiniVLM, e.g. a captioning run) or add "
             "--merge_lora to save a full merged model."
+        )
+    if training_args.push_to_hub and not model_args.merge_lora and Path(model_args.model_name_or_path).is_dir():
+        logger.warning(
+            "Pushing adapters whose base is the local folder %s: adapter_config.json names it, so the repo loads "
+            "only where that folder exists; train from the base's Hub id to publish loadable adapters.",
+            model_args.model_name_or_path,
         )
     if model_args.merge_lora and training_args.push_to_hub and training_args.hub_strategy != "end":
         raise ValueError(
@@ -175,5 +181,5 @@ def count_trainable(model: nn.Module) -> int:
 
 __all__ = [
     "apply_lora", "apply_lora_from_args", "lora_targets", "language_model_linear_layers", "check_lora_arguments",
-    "load_adapter_checkpoint", "merge_into_trainer", "count_trainable", "ADAPTER_FILES", "ADAPTER_SUBFOLDER",
+    "load_adapter_checkpoint", "model_part", "merge_into_trainer", "count_trainable", "ADAPTER_FILES", "ADAPTER_SUBFOLDER",
 ]
