@@ -5,15 +5,15 @@
   model, LM head excluded. Patterns such as `["q_proj", "v_proj"]` also match a CLIP/SigLIP
   vision tower's layers; these targets never can, whatever the module layout.
 - The projector goes in peft's `modules_to_save`: trained in full and saved with the adapters.
-- A run's output folder holds the adapters (`adapter_model.safetensors`, `adapter_config.json`),
-  the processor and the remote code; `merge_into_trainer` turns it into a full merged model
-  instead (adapters kept in `adapter/`).
+- A run's output folder holds the adapters (`adapter_model.safetensors`, `adapter_config.json`
+  naming the base model), the processor and the model card, and no `config.json`: beside one,
+  transformers would take the folder for a full model and look for its weights there.
+  `merge_into_trainer` makes it a full merged model instead (adapters kept in `adapter/`).
 """
 
 import logging
 from pathlib import Path
 
-import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import nn
@@ -117,7 +117,7 @@ def check_lora_arguments(model_args, training_args) -> None:
         if model_args.merge_lora:
             raise ValueError("--merge_lora merges LoRA adapters: add --lora.")
         return
-    if model_args.freeze != "vision" and model_args.freeze is not None:
+    if model_args.freeze != "vision":
         logger.warning("--freeze %s is ignored with --lora: LoRA trains the adapters and the projector.", model_args.freeze)
     if model_args.cache_vision_features:
         raise ValueError("--cache_vision_features is not supported with --lora; drop one of them.")
@@ -168,7 +168,7 @@ def merge_into_trainer(trainer) -> None:
     output_dir = Path(trainer.args.output_dir)
     if trainer.is_world_process_zero():
         peft_model.save_pretrained(output_dir / ADAPTER_SUBFOLDER)
-        for name in ADAPTER_FILES:  # left by intermediate pushes: beside a full model they would apply twice
+        for name in ADAPTER_FILES:  # from an earlier save in this folder: beside a full model they would apply twice
             (output_dir / name).unlink(missing_ok=True)
     merged = peft_model.merge_and_unload()
     trainer.model = trainer.model_wrapped = merged
