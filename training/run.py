@@ -22,6 +22,7 @@ from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_
 from minivlm.data.tokenizer import build_word_level_tokenizer
 
 from minivlm.evaluation.captioning import DEFAULT_DECODING, CaptionEvalCallback
+from .lora import apply_lora_from_args, check_lora_arguments, merge_into_trainer
 from .model_card import write_model_card
 from .presets import PRESETS
 from .trainer import GracefulStopCallback, MiniVLMTrainer, last_complete_checkpoint
@@ -62,6 +63,14 @@ class ModelArguments:
         metadata={"help": "With a frozen encoder, encode every training image once (memory-mapped Arrow) and "
                           "train the projector and LM from the cached features."},
     )
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters on the LM's linear layers (peft) and the projector in full."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "Comma-separated LM layer names (e.g. q_proj,v_proj); default: all LM linear layers."}
+    )
+    merge_lora: bool = field(default=False, metadata={"help": "Save a full model with the adapters merged in (adapters in adapter/)."})
 
 
 @dataclass
@@ -209,10 +218,12 @@ def train(
     Resumes from the last complete checkpoint in `output_dir` when there is one; `callbacks`
     are added to the Trainer's.
     """
+    check_lora_arguments(model_args, training_args)
     set_seed(training_args.seed)
     train_dataset, eval_dataset = load_data(data_args, training_args.seed)
     model, processor = build_model(model_args, train_dataset)
     apply_freezing(model, model_args.freeze)
+    model = apply_lora_from_args(model, model_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("MiniVLM: %s parameters, %s trainable (freeze=%s)",
                 f"{model.num_parameters():,}", f"{trainable:,}", model_args.freeze)
@@ -272,6 +283,8 @@ def train(
     if stopper.stop_requested:
         logger.warning("Interrupted: checkpoint saved in %s; run the same command to resume.", training_args.output_dir)
         return trainer
+    if model_args.merge_lora:
+        merge_into_trainer(trainer)
     trainer.save_model()
     if caption_eval is not None:
         card_context["metrics"] = caption_eval.compute(trainer.model)

@@ -17,10 +17,13 @@ import re
 import signal
 from pathlib import Path
 
+from peft import PeftModel
 from safetensors import safe_open
 from transformers import Trainer, TrainerCallback
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .lora import load_adapter_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -123,6 +126,8 @@ class MiniVLMTrainer(Trainer):
     def _load_weights_via_from_pretrained(self, checkpoint: str, model=None) -> None:
         model = model if model is not None else self.model
         model = self.accelerator.unwrap_model(model)
+        if isinstance(model, PeftModel):  # a LoRA run's checkpoints hold its adapters and projector only
+            return load_adapter_checkpoint(model, checkpoint)
         reference = type(model).from_pretrained(checkpoint, dtype=model.dtype)
         # strict=True: every parameter and buffer, the vision encoder's included, is restored.
         model.load_state_dict(reference.state_dict(), strict=True)
@@ -148,6 +153,8 @@ class MiniVLMTrainer(Trainer):
     def write_hub_files(self, output_dir: str) -> None:
         """Puts what a loadable Hub repo needs beside the weights the Trainer copies."""
         model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, PeftModel):
+            model = model.get_base_model()
         # The Trainer copies config and weights only: add the remote code the config points at.
         custom_object_save(model, output_dir)
         custom_object_save(model.config, output_dir)
