@@ -6,7 +6,8 @@ Ships to the Hub verbatim as remote code: it imports transformers, PIL and numpy
 import numpy as np
 from PIL import Image, ImageOps
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
-from transformers.image_utils import load_image
+
+from .image_loading import load_image, short
 
 
 # One user turn: its images become `<image>` and its text follows. Assistant turns (training
@@ -115,16 +116,15 @@ class MiniVLMProcessor(ProcessorMixin):
             images = [item for group in images for item in (group if isinstance(group, (list, tuple)) else [group])]
         else:
             images = [images]
+        if not images:
+            raise ValueError("images is empty: pass at least one image (a PIL image, local path or URL), or images=None.")
         prepared = []
         for index, image in enumerate(images):
-            if isinstance(image, str) or hasattr(image, "__fspath__"):
-                try:
-                    image = load_image(str(image))
-                except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-                    raise ValueError(
-                        f"could not read image {index} ({image}): {error}; check that the file exists and is a "
-                        "complete image (PNG, JPEG, ...)."
-                    ) from error
+            if isinstance(image, (str, Image.Image)) or hasattr(image, "__fspath__"):
+                try:  # size limits, URL safety, bounded messages: see image_loading.py
+                    image = load_image(image)
+                except ValueError as error:
+                    raise ValueError(f"could not read image {index} ({short(image)}): {error}") from error
             if not isinstance(image, Image.Image):
                 raise ValueError(
                     f"image {index} is a {type(image).__name__}, not an image; pass PIL images, local paths or "

@@ -79,8 +79,8 @@ class ChangedRunError(ValueError):
 
 
 def short(value: Any, limit: int = 120) -> str:
-    """`repr(value)` cut to about `limit` characters with an ellipsis: errors never echo huge inputs."""
-    text = repr(value)
+    """`value` (a string, else its repr) cut to about `limit` characters with an ellipsis: errors never echo huge inputs."""
+    text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
