@@ -28,6 +28,8 @@ from typing import Any, Iterator
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from minivlm.image_loading import short
+
 from .presets import PRESETS
 from .trainer import EXIT_STOPPED
 
@@ -76,12 +78,6 @@ class RunLockedError(RuntimeError):
 
 class ChangedRunError(ValueError):
     """`output_dir` holds a run with a different configuration, and the user has not chosen what to do."""
-
-
-def short(value: Any, limit: int = 120) -> str:
-    """`value` (a string, else its repr) cut to about `limit` characters with an ellipsis: errors never echo huge inputs."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 # ---------------------------------------------------------------------------------- arguments
