@@ -114,21 +114,22 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, s
     assert not (out / LOCK_NAME).exists()  # released when the run ended
 
 
-def test_the_lock_is_exclusive_and_released():
-    import tempfile
+def test_the_lock_is_exclusive_and_released(tmp_path, monkeypatch):
+    import os
 
-    from minivlm.training.guards import RunLock
+    import minivlm.training.guards as guards
 
-    with tempfile.TemporaryDirectory() as folder:
-        first = RunLock(folder).acquire()
-        holder = json.loads((Path(folder) / LOCK_NAME).read_text())
-        assert holder["host"] == socket.gethostname()
-        second = subprocess.run([sys.executable, "-c", "import sys; from minivlm.training.guards import RunLock; "
-                                 "RunLock(sys.argv[1]).acquire()", folder], capture_output=True, text=True, timeout=120)
-        assert second.returncode != 0 and f"process {holder['pid']}" in second.stderr
-        first.release()
-        RunLock(folder).acquire().release()  # free again
-        assert not (Path(folder) / LOCK_NAME).exists()
+    first = guards.RunLock(tmp_path).acquire()
+    holder = json.loads((tmp_path / LOCK_NAME).read_text())
+    assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+    me = os.getpid()
+    with monkeypatch.context() as patch:  # another live process (our parent) asks for the same folder
+        patch.setattr(guards.os, "getpid", os.getppid)
+        with pytest.raises(guards.RunLockedError, match=f"process {me} on "):
+            guards.RunLock(tmp_path).acquire()
+    first.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+    guards.RunLock(tmp_path).acquire().release()  # free again
 
 
 @pytest.mark.skipif(not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun is not installed")
