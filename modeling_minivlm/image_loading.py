@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from typing import Any
 
 from PIL import Image
@@ -152,7 +153,9 @@ def check_pixels(image: Image.Image, max_pixels: int | None = None, source: Any 
 
 def _open(data: bytes | str, source: Any, max_pixels: int | None) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        with warnings.catch_warnings():  # PIL's own bomb warning: the pixel check below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ImageLoadError(f"{short(source)} is not an image PIL can read ({short(str(error), 200)}); check that "
                              "it is a complete image (PNG, JPEG, ...).") from None
