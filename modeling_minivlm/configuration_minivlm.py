@@ -169,6 +169,7 @@ class MiniVLMConfig(PreTrainedConfig):
                 f"(vocab_size={vocab_size}); add `<image>` to the tokenizer and resize the embeddings "
                 "(minivlm.data.builder's build functions do both)."
             )
+        check_config_size(self)
 
     def expected_image_seq_length(self) -> int:
         """Number of image tokens the vision config produces for one image."""
@@ -201,6 +202,30 @@ class MiniVLMConfig(PreTrainedConfig):
     def num_kept_prefix_tokens(self) -> int:
         """Prefix tokens (CLS...) the feature strategy keeps: all with 'full', none with 'default'."""
         return self.num_additional_image_tokens if self.vision_feature_select_strategy == "full" else 0
+
+
+MAX_PARAMETERS = 10**12  # ~4 TB of float32 weights: no machine holds a model past this
+MAX_LAYERS = 1024
+
+
+def check_config_size(config: MiniVLMConfig) -> None:
+    """Refuses a config whose model could not be built in memory (absurd layer counts or widths),
+    from an estimate of its parameters, before any weight is allocated. Raises ValueError."""
+    total = 0
+    for name in ("vision_config", "text_config"):
+        sub = getattr(config, name)
+        layers = int(getattr(sub, "num_hidden_layers", 0) or 0)
+        hidden = int(getattr(sub, "hidden_size", 0) or 0)
+        inner = int(getattr(sub, "intermediate_size", 0) or 4 * hidden)
+        if layers > MAX_LAYERS:
+            raise ValueError(f"{name}.num_hidden_layers={layers:,} is over {MAX_LAYERS:,}: such a model cannot be "
+                             "built; check the config (a typo in num_hidden_layers?).")
+        vocab = int(getattr(sub, "vocab_size", 0) or 0)
+        total += layers * (4 * hidden * hidden + 3 * hidden * inner) + 2 * vocab * hidden
+    if total > MAX_PARAMETERS:
+        raise ValueError(f"this config describes about {total:.2e} parameters ({total * 4 / 1e12:,.0f} TB in "
+                         f"float32), over the {MAX_PARAMETERS:.0e} limit; check hidden_size, intermediate_size, "
+                         "num_hidden_layers and vocab_size.")
 
 
 __all__ = ["MiniVLMConfig"]

@@ -9,7 +9,8 @@ a bare image. A model config that declares this class under
 """
 
 from transformers import GenerationConfig, Pipeline
-from transformers.image_utils import load_image
+
+from .image_loading import load_image
 
 
 class MiniVLMImageToTextPipeline(Pipeline):
@@ -18,6 +19,9 @@ class MiniVLMImageToTextPipeline(Pipeline):
     Call options: `prompt` (text the caption continues; default none, as in training),
     `max_new_tokens`, `generate_kwargs` (any `generate()` option: `num_beams`, `do_sample`, ...),
     `timeout` (for URLs). Returns `[{"generated_text": str}]` per image.
+
+    A list of images is read whole before anything is generated: an image that cannot be read
+    raises a ValueError naming its index and source, and no work on the others is lost midway.
     """
 
     _load_processor = True
@@ -42,6 +46,19 @@ class MiniVLMImageToTextPipeline(Pipeline):
             generate_kwargs["assistant_model"] = self.assistant_model
         forward_params["generate_kwargs"] = generate_kwargs
         return preprocess_params, forward_params, {}
+
+    def __call__(self, images, **kwargs):
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError("no images given (an empty list): pass an image, a path or URL, or a list of them.")
+            loaded = []
+            for index, image in enumerate(images):
+                try:
+                    loaded.append(load_image(image, timeout=kwargs.get("timeout")))
+                except ValueError as error:
+                    raise ValueError(f"image {index} of {len(images)}: {error}") from error
+            images = loaded
+        return super().__call__(images, **kwargs)
 
     def preprocess(self, image, prompt=None, timeout=None):
         image = load_image(image, timeout=timeout)

@@ -6,8 +6,9 @@ Ships to the Hub verbatim as remote code: it imports transformers, PIL and numpy
 import numpy as np
 from PIL import Image, ImageOps
 from transformers import BatchFeature, ProcessorMixin
-from transformers.image_utils import load_image
 from transformers.processing_utils import ProcessingKwargs, Unpack
+
+from .image_loading import load_image, short
 
 
 # One user turn: its images become `<image>` and its text follows. Assistant turns (training
@@ -113,17 +114,14 @@ class MiniVLMProcessor(ProcessorMixin):
     def load_image(self, image, index: int = 0) -> Image.Image:
         """One image as an upright RGB PIL image.
 
-        Takes a PIL image, a local path or URL (read with transformers' `load_image`), a numpy
+        Takes a PIL image, a local path, URL or data URI (read by `image_loading.load_image`: timeout, size and pixel limits), a numpy
         array `(H, W, C)` or `(H, W)` (uint8, or float in [0, 1]) or a torch tensor `(C, H, W)`.
         """
-        if isinstance(image, str) or hasattr(image, "__fspath__"):
-            try:
-                image = load_image(str(image))
-            except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-                raise ValueError(
-                    f"could not read image {index} ({image}): {error}; check that the file exists and is a "
-                    "complete image (PNG, JPEG, ...)."
-                ) from error
+        if isinstance(image, (str, Image.Image)) or hasattr(image, "__fspath__"):
+            try:  # size limits, URL safety, bounded messages: see image_loading.py
+                image = load_image(image)
+            except ValueError as error:
+                raise ValueError(f"could not read image {index} ({short(image)}): {error}") from error
         elif _is_tensor(image):
             if image.ndim != 3:
                 raise ValueError(f"image {index} is a tensor of shape {tuple(image.shape)}; pass (channels, H, W).")

@@ -19,6 +19,7 @@ refuses to go on when too much of a split is bad.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
@@ -29,11 +30,15 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
+from minivlm.image_loading import MAX_IMAGE_PIXELS
+
 __all__ = ["FLICKR8K", "BadDataError", "load_caption_dataset", "to_caption_dataset", "clean_caption_dataset"]
 
 FLICKR8K = "jxie/flickr8k"
 _METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 _CAPTIONS = datasets.List(datasets.Value("string"))
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_TOKEN = "<image>"
 logger = logging.getLogger(__name__)
 
 
@@ -88,6 +93,8 @@ def _load_split(dataset: str, split: str, config: str | None, cache_dir: str | N
         if split not in loaded:
             raise ValueError(f"unknown split {split!r} in {dataset!r}; available splits: {list(loaded)}")
         return loaded[split]
+    if path.is_dir():
+        _check_metadata(path)
     try:
         # A caption imagefolder needs a metadata file (captions live there); without one,
         # `load_dataset` infers the layout itself (e.g. a Hub-style repo of parquet files).
@@ -98,6 +105,41 @@ def _load_split(dataset: str, split: str, config: str | None, cache_dir: str | N
         if "Unknown split" in str(err):  # datasets' own message lists the available splits
             raise ValueError(f"unknown split {split!r} in {dataset!r}: {err}") from err
         raise
+
+
+def _check_metadata(folder: Path) -> None:
+    """Clear errors (file, line, fix) for an image folder's metadata: missing, empty or not JSON Lines.
+
+    `datasets` would otherwise fail later with an error that names no file (ArrowInvalid,
+    IndexError, or "no caption column found")."""
+    jsonl = sorted(folder.rglob("metadata.jsonl"))
+    if not jsonl and not any(next(folder.rglob(name), None) for name in _METADATA_FILES):
+        has_images = any(p.suffix.lower() in _IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
+        has_tables = any(next(folder.rglob(f"*.{ext}"), None) for ext in ("parquet", "arrow", "csv", "json", "jsonl"))
+        if has_images and not has_tables:
+            raise ValueError(
+                f"no metadata.jsonl in {folder}: an image folder needs one (beside the images, or in each split "
+                'folder) with one line per image, e.g. {"file_name": "0001.png", "caption": "a red circle"}.'
+            )
+        return
+    for path in jsonl:
+        seen = False
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as error:
+                    raise ValueError(f"{path} line {number} is not valid JSON ({error}): "
+                                     f"{line.strip()[:80]!r}; fix or remove that line.") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path} line {number} is not a JSON object: {line.strip()[:80]!r}; each line "
+                                     'must be one object such as {"file_name": "0001.png", "caption": "..."}.')
+                seen = True
+        if not seen:
+            raise ValueError(f"{path} is empty: it needs one JSON line per image, e.g. "
+                             '{"file_name": "0001.png", "caption": "a red circle"}; fill it or delete it.')
 
 
 def to_caption_dataset(
@@ -195,11 +237,13 @@ def clean_caption_dataset(
     max_bad_fraction: float = 0.05,
     split_name: str = "train",
     num_proc: int | None = None,
+    image_token: str = IMAGE_TOKEN,
 ) -> datasets.Dataset:
     """Drops bad examples from a uniform-view dataset and returns the rest (same columns).
 
     Bad: a missing or zero-byte image file, an image PIL cannot decode fully (corrupt or
-    truncated), or no non-empty caption. Empty captions of otherwise good examples are
+    truncated), no non-empty caption, or a caption that holds the image token ``<image>`` (it
+    would be read as an image placeholder and break the batch). Empty captions of otherwise good examples are
     removed; any PIL mode is fine (the processor converts to RGB). Logs one warning with the
     counts by reason. Raises `BadDataError` when more than ``max_bad_fraction`` of the split is
     bad (naming a few ids and reasons) or when nothing is left.
@@ -216,7 +260,7 @@ def clean_caption_dataset(
     features = raw.features.copy()
     features.update({"_bad": datasets.Value("string"), "_empty": datasets.Value("int64")})
     checked = raw.map(_check_batch, batched=True, input_columns=["image", "captions"], num_proc=num_proc,
-                      features=features, desc=f"Checking {split_name} images")
+                      features=features, desc=f"Checking {split_name} images", fn_kwargs={"image_token": image_token})
     reasons = list(checked["_bad"])
     bad_rows = [i for i, reason in enumerate(reasons) if reason]
     counts = Counter(reasons[i] for i in bad_rows)
@@ -241,7 +285,8 @@ def clean_caption_dataset(
     return checked.remove_columns(["_bad", "_empty"]).cast_column("image", datasets.Image())
 
 
-def _check_batch(images: list[dict | None], captions: list[list[str] | None]) -> dict[str, list]:
+def _check_batch(images: list[dict | None], captions: list[list[str] | None], image_token: str = IMAGE_TOKEN
+                 ) -> dict[str, list]:
     """Batched map function: stripped non-empty captions, the reason a row is bad ("" if fine)
     and how many empty captions a kept row lost."""
     out = {"captions": [], "_bad": [], "_empty": []}
@@ -249,6 +294,8 @@ def _check_batch(images: list[dict | None], captions: list[list[str] | None]) ->
         caps = caps or []
         kept = [c.strip() for c in caps if c and c.strip()]
         reason = _image_problem(image) or ("" if kept else "no non-empty caption")
+        if not reason and any(image_token in c for c in kept):
+            reason = "caption holds the image token"
         out["captions"].append(kept)
         out["_bad"].append(reason)
         out["_empty"].append(0 if reason else len(caps) - len(kept))
@@ -269,6 +316,8 @@ def _image_problem(image: dict | None) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the full decode below is the verdict
             with Image.open(source) as im:
+                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:  # from the header, before decoding
+                    return "image too large"
                 im.draft(None, (1, 1))  # JPEG: decode at 1/8 scale, faster; every byte is still read
                 im.load()  # open() reads only the header: load() is what catches truncation
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files

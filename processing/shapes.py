@@ -48,6 +48,9 @@ __all__ = [
     "SPLITS",
     "make_shapes_examples",
     "generate_shapes_dataset",
+    "ensure_shapes_dataset",
+    "is_shapes_folder",
+    "ShapesFolderError",
     "caption_vocabulary",
     "parse_objects",
     "score_caption",
@@ -259,6 +262,23 @@ def make_shapes_examples(
     return [_make_example(split, i, image_size, seed, shapes, colours, two_object_prob) for i in range(n)]
 
 
+SHAPES_MARKER = ".minivlm_shapes.json"  # hidden: imagefolder loading ignores it
+
+
+class ShapesFolderError(ValueError):
+    """The target folder holds files the shapes generator did not write: nothing is written or deleted."""
+
+
+def is_shapes_folder(output_dir: str | Path, complete: bool = True) -> bool:
+    """Whether ``output_dir`` holds a shapes set this generator wrote (``complete``: and finished writing)."""
+    marker = Path(output_dir) / SHAPES_MARKER
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("generator") == "minivlm.data.shapes" and (record.get("complete") or not complete)
+
+
 def generate_shapes_dataset(
     output_dir: str | Path,
     num_train: int = 3000,
@@ -273,17 +293,32 @@ def generate_shapes_dataset(
     """Write the dataset as a Hugging Face ``imagefolder`` and return ``output_dir``.
 
     Layout: ``output_dir/{train,validation,test}/{id}.png`` plus one ``metadata.jsonl``
-    per split with ``file_name``, ``id``, ``captions`` (5 strings) and ``objects``.
-    Existing split folders are replaced (stale PNGs would otherwise break the
-    metadata/image pairing); splits with 0 examples are not written. Output is
-    byte-identical for the same arguments.
+    per split with ``file_name``, ``id``, ``captions`` (5 strings) and ``objects``, and a marker
+    file ``.minivlm_shapes.json`` (written first as incomplete, rewritten as complete last).
+    ``output_dir`` must be missing, empty, or a set this generator wrote (it has the marker):
+    then its split folders are replaced (stale PNGs would otherwise break the metadata/image
+    pairing). Any other folder raises `ShapesFolderError` and nothing in it is touched. Splits
+    with 0 examples are not written. Output is byte-identical for the same arguments.
     """
     _check_choices(shapes, colours)
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ShapesFolderError(f"{output_dir} is a file, not a folder; pass a new or empty folder for the shapes set.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not is_shapes_folder(output_dir, complete=False):
+        raise ShapesFolderError(
+            f"{output_dir} is not empty and holds no shapes set written by MiniVLM (no {SHAPES_MARKER}); its files "
+            "are left untouched. Pass a new or empty folder (--shapes_dir), or move those files away."
+        )
+    params = {"generator": "minivlm.data.shapes", "num_train": num_train, "num_validation": num_validation,
+              "num_test": num_test, "image_size": image_size, "seed": seed, "shapes": list(shapes),
+              "colours": list(colours), "two_object_prob": two_object_prob}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    marker = output_dir / SHAPES_MARKER
+    marker.write_text(json.dumps({**params, "complete": False}, indent=1) + "\n", encoding="utf-8")
     for split, n in zip(SPLITS, (num_train, num_validation, num_test)):
         split_dir = output_dir / split
         if split_dir.exists():
-            shutil.rmtree(split_dir)
+            shutil.rmtree(split_dir)  # a split folder of our own set (the marker says so)
         if n <= 0:
             continue
         split_dir.mkdir(parents=True)
@@ -295,7 +330,21 @@ def generate_shapes_dataset(
             record = {"file_name": file_name, "id": ex["id"], "captions": ex["captions"], "objects": ex["objects"]}
             lines.append(json.dumps(record, sort_keys=False))
         (split_dir / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    marker.write_text(json.dumps({**params, "complete": True}, indent=1) + "\n", encoding="utf-8")
     return output_dir
+
+
+def ensure_shapes_dataset(output_dir: str | Path, **kwargs: Any) -> Path:
+    """``output_dir`` if it already holds a complete shapes set, else `generate_shapes_dataset` there.
+
+    A set written before the marker existed (``train/metadata.jsonl`` present) is reused as it is.
+    Under several processes, call it from one per machine (``main_process_first(local=True)``).
+    """
+    output_dir = Path(output_dir)
+    legacy = not (output_dir / SHAPES_MARKER).exists() and (output_dir / "train" / "metadata.jsonl").is_file()
+    if is_shapes_folder(output_dir) or legacy:
+        return output_dir
+    return generate_shapes_dataset(output_dir, **kwargs)
 
 
 def caption_vocabulary(shapes: Sequence[str] = DEFAULT_SHAPES, colours: Sequence[str] = DEFAULT_COLOURS) -> list[str]:

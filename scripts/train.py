@@ -8,8 +8,8 @@
 
 All TrainingArguments flags are accepted (--bf16, --gradient_checkpointing, --push_to_hub
 --hub_model_id org/minivlm, --report_to tensorboard, --deepspeed ds.json, --fsdp ...).
-Ctrl+C or SIGTERM saves a checkpoint and stops; the same command resumes from the last
-complete checkpoint.
+Ctrl+C or SIGTERM saves a checkpoint and stops with exit status 75 (a scheduler can requeue
+on it); the same command resumes from the last complete checkpoint.
 """
 
 from minivlm.training.run import main

@@ -57,6 +57,22 @@ def run_loader(hub, revisions, tmp_path):
     return proc.stdout
 
 
+def is_pickle(name: str) -> bool:
+    return name.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))
+
+
+def assert_no_secret(hub, output_dir):
+    """The token is in no file written under output_dir (training_args.bin of the folder and of every
+    checkpoint included) and in no file of any pushed commit."""
+    token = hub.token.encode()
+    written = [p for p in output_dir.rglob("*") if p.is_file() and token in p.read_bytes()]
+    assert written == []
+    assert (output_dir / "training_args.bin").is_file() and any(output_dir.glob("checkpoint-*/training_args.bin"))
+    pushed = [(c["title"], name) for c in hub.commits("org/minivlm") for name, data in c["files"].items()
+              if token in data]
+    assert pushed == []
+
+
 def card_metadata(readme: bytes) -> dict:
     text = readme.decode()
     assert text.startswith("---\n")
@@ -79,8 +95,9 @@ def test_training_pushes_a_loadable_repo_at_every_save(local_hub, shapes_dir, tm
         config = json.loads(commit["files"]["config.json"])
         assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_minivlm.MiniVLMForConditionalGeneration"
         assert config["custom_pipelines"]["image-to-text"]["impl"] == "pipeline_minivlm.MiniVLMImageToTextPipeline"
-    assert not any(name.endswith((".bin", ".pt", ".pth")) and name != "training_args.bin"
-                   for name in commits[-1]["files"])
+    pickles = [name for c in local_hub.commits("org/minivlm") for name in c["files"] if is_pickle(name)]
+    assert pickles == []  # no training_args.bin, optimizer, scheduler or RNG state: they stay local
+    assert_no_secret(local_hub, tmp_path / "out")
     metadata = card_metadata(commits[-1]["files"]["README.md"])
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-to-text"
     assert metadata["license"] == "apache-2.0" and "cider" in metadata["metrics"]
@@ -117,3 +134,21 @@ def test_model_card_metadata_names_parts_dataset_and_results(tmp_path):
     assert "| cider | 0.5500 |" in text and "| meteor | unavailable |" in text
     assert "Decoding: num_beams=3, max_new_tokens=32" in text
     assert "Epochs: 6, learning rate 0.0002, batch size 4" in text
+
+
+def test_checkpoint_pushes_keep_the_training_state_local_unless_asked(local_hub, shapes_dir, tmp_path, caplog):  # noqa: F811
+    common = ["--max_steps", "2", "--save_steps", "2", "--push_to_hub", "true", "--hub_model_id", "org/minivlm",
+              "--hub_strategy", "all_checkpoints", "--hub_always_push", "true", "--hub_token", local_hub.token]
+    train(*parse_args(tiny_argv(tmp_path / "out", shapes_dir, *common)))
+    files = local_hub.files("org/minivlm")
+    assert "checkpoint-2/model.safetensors" in files
+    assert [name for name in files if is_pickle(name)] == []
+    assert (tmp_path / "out" / "checkpoint-2" / "optimizer.pt").is_file()  # still there locally, for resuming
+    assert_no_secret(local_hub, tmp_path / "out")
+
+    with caplog.at_level("WARNING"):
+        train(*parse_args(tiny_argv(tmp_path / "opt-in", shapes_dir, *common, "--hub_push_training_state", "true")))
+    files = local_hub.files("org/minivlm")
+    assert {"checkpoint-2/optimizer.pt", "checkpoint-2/scheduler.pt", "checkpoint-2/rng_state.pth"} <= set(files)
+    assert "--hub_push_training_state: pushing optimizer.pt, rng_state.pth, scheduler.pt" in caplog.text
+    assert local_hub.token.encode() not in files["checkpoint-2/training_args.bin"]  # pushed, but redacted

@@ -39,7 +39,7 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
     a = _files(generate_shapes_dataset(tmp_path / "a", 6, 3, 3, seed=0))
     b = _files(generate_shapes_dataset(tmp_path / "b", 6, 3, 3, seed=0))
     c = _files(generate_shapes_dataset(tmp_path / "c", 6, 3, 3, seed=1))
-    assert len(a) == 12 + 3 * 1 + 0 and a == b  # 12 PNGs + 3 metadata.jsonl
+    assert len(a) == 12 + 3 * 1 + 1 and a == b  # 12 PNGs + 3 metadata.jsonl + the marker
     assert a.keys() == c.keys()
     assert all(a[k] != c[k] for k in a)  # every image and every metadata file changes
 

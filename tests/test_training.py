@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm.data.adapters import BadDataError
 from minivlm.training.run import apply_freezing, parse_args, train
-from minivlm.training.trainer import checkpoint_problem, last_complete_checkpoint
+from minivlm.training.trainer import EXIT_STOPPED, checkpoint_problem, last_complete_checkpoint
 
 
 TINY_VISION = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
@@ -164,7 +164,7 @@ def test_half_written_checkpoint_is_never_resumed_from(tmp_path, shapes_dir, cap
     assert_same_weights(weights(resumed.model), expected)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, shapes_dir):
+def test_sigterm_saves_a_checkpoint_and_exits_with_the_stopped_status(tmp_path, shapes_dir):
     out = tmp_path / "run"
     argv = tiny_argv(out, shapes_dir, "--max_steps", "100000", "--save_steps", "100000")
     log = tmp_path / "log.txt"
@@ -174,7 +174,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, shapes_dir):
         while "'loss'" not in log.read_text() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+        # A distinct status (EXIT_STOPPED = 75), not 0: a scheduler can tell "requeue me" from "done".
+        assert proc.wait(timeout=120) == EXIT_STOPPED, log.read_text()[-3000:]
     text = log.read_text()
     assert "Received SIGTERM" in text and "run the same command to resume" in text
     checkpoint = last_complete_checkpoint(out)

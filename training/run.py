@@ -3,6 +3,7 @@
 `scripts/train.py` is the command line over `main()`; tests call `parse_args` and `train`.
 """
 
+import dataclasses
 import json
 import logging
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from transformers import AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
+from transformers import AutoProcessor, HfArgumentParser, set_seed
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
@@ -24,8 +25,10 @@ from minivlm.data.tokenizer import build_word_level_tokenizer
 from minivlm.evaluation.captioning import DEFAULT_DECODING, CaptionEvalCallback
 from .lora import apply_lora_from_args, check_lora_arguments, merge_into_trainer
 from .model_card import write_model_card
+from . import guards
 from .presets import PRESETS
-from .trainer import GracefulStopCallback, MiniVLMTrainer, last_complete_checkpoint
+from .trainer import EXIT_STOPPED, GracefulStopCallback, MiniVLMTrainer, last_complete_checkpoint
+from .trainer import MiniVLMTrainingArguments as TrainingArguments
 
 
 logger = logging.getLogger("minivlm.train")
@@ -107,7 +110,7 @@ class DataArguments:
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Flags, or one YAML/JSON file; `--preset` (or `preset:` in the file) fills the defaults first."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), epilog=guards.CLI_EPILOG)
     file_values = {}
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
         import yaml
@@ -115,8 +118,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         file_values = yaml.safe_load(Path(argv[0]).read_text()) or {}
         argv = []
     preset_name = file_values.get("preset")
-    if "--preset" in argv:
-        preset_name = argv[argv.index("--preset") + 1]
+    preset_name = guards.preset_from_argv(argv, preset_name)
     defaults = {
         "output_dir": "outputs/minivlm",
         "remove_unused_columns": False,  # the collator needs the image and caption columns
@@ -216,9 +218,17 @@ def train(
     """Runs one training job end to end and returns the Trainer (its state holds the log history).
 
     Resumes from the last complete checkpoint in `output_dir` when there is one; `callbacks`
-    are added to the Trainer's.
+    are added to the Trainer's. Before anything is loaded the arguments are checked, `output_dir`
+    is locked for this run and compared with the run already there (see `guards`).
     """
     check_lora_arguments(model_args, training_args)
+    with guards.guarded_run(model_args, data_args, training_args):
+        if not guards.evaluates(data_args, training_args):  # a broken eval split must not stop this run
+            data_args = dataclasses.replace(data_args, eval_split=None)
+        return _train(model_args, data_args, training_args, callbacks)
+
+
+def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrainer:
     set_seed(training_args.seed)
     train_dataset, eval_dataset = load_data(data_args, training_args.seed)
     model, processor = build_model(model_args, train_dataset)
@@ -278,7 +288,7 @@ def train(
     if checkpoint is None:
         checkpoint = last_complete_checkpoint(training_args.output_dir, needs_optimizer=not training_args.save_only_model)
         if checkpoint is not None:
-            logger.info("Resuming from %s", checkpoint)
+            logger.warning("Resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
     if stopper.stop_requested:
         logger.warning("Interrupted: checkpoint saved in %s; run the same command to resume.", training_args.output_dir)
@@ -314,9 +324,11 @@ def main(argv: list[str] | None = None) -> None:
         library.utils.logging.set_verbosity(log_level)
     logger.setLevel(log_level)
     try:
-        train(model_args, data_args, training_args)
+        trainer = train(model_args, data_args, training_args)
     finally:
         leave_process_group()
+    if trainer.stop_requested:
+        sys.exit(EXIT_STOPPED)  # stopped by a signal, checkpoint saved: requeue to resume
 
 
 if __name__ == "__main__":

@@ -8,19 +8,29 @@
 - Ctrl+C / SIGTERM finish the current step, save a checkpoint and stop.
 - Every push (intermediate ones too) carries the remote-code files, the processor and a
   model card, so each commit on the Hub loads with `trust_remote_code=True`.
+- No secret is written or pushed: token-like fields (`hub_token`) are redacted from the pickled
+  `training_args.bin`, and pushes upload no pickle (training arguments, optimizer, scheduler and
+  RNG state stay local unless `--hub_push_training_state` is given).
 """
 
+import contextlib
+import copy
+import fnmatch
 import json
 import logging
 import os
 import re
 import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+import transformers.trainer
 from peft import PeftModel
 from safetensors import safe_open
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.trainer_pt_utils import safe_globals
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .lora import load_adapter_checkpoint
@@ -30,22 +40,81 @@ logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# Exit status of a run stopped by SIGINT/SIGTERM after its checkpoint was saved: EX_TEMPFAIL
+# ("try again later"), so a scheduler can tell "requeue me" from a failure (1) or success (0).
+EXIT_STOPPED = 75
+# Pickles the Trainer writes: they stay local unless the user opts in to pushing them.
+TRAINING_STATE_PATTERNS = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle")
+_SECRET_FIELD = re.compile(r"(^|_)(token|secret|password|api_key)$")
+REDACTED = "<redacted>"
+
+
+@dataclass
+class MiniVLMTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus MiniVLM's run-safety flags; pickles with every token-like field
+    (`hub_token`, ...) redacted, so `training_args.bin` never holds a secret."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds a run: removes the checkpoints and files the "
+                          "project wrote there (never other files), then trains from scratch."},
+    )
+    resume_changed_run: bool = field(
+        default=False,
+        metadata={"help": "Resume the run in output_dir although its configuration differs from this one "
+                          "(the differences are logged). Without it a changed configuration stops the run."},
+    )
+    hub_push_training_state: bool = field(
+        default=False,
+        metadata={"help": "Also push the pickled training state (training_args.bin, optimizer, scheduler, RNG "
+                          "state). By default pushes hold no pickle and these files stay local."},
+    )
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for name, value in state.items():
+            if value and isinstance(value, str) and _SECRET_FIELD.search(name):
+                state[name] = REDACTED
+        return state
+
+    # Copies keep the token (only pickles lose it): copy/deepcopy would otherwise go through __getstate__.
+    def __copy__(self):
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo):
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
+
+def _loads(path: Path) -> None:
+    """Raises if `path` does not load as the Trainer loads it (weights_only, with the numpy types its
+    RNG state needs allowed); mmap reads only the file's index, not its tensors."""
+    with safe_globals():
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def checkpoint_problem(folder: str | os.PathLike, needs_optimizer: bool = True) -> str | None:
     """Why `folder` is not a complete Trainer checkpoint, or None if it is.
 
-    The Trainer writes the weights first and `trainer_state.json` last; the weight files
-    are also checked for truncation (safetensors validates offsets against the file size).
+    Complete means every file a resume reads is there and loads: `trainer_state.json`,
+    `config.json`, the safetensors weights (offsets checked against the file size) and, with
+    `needs_optimizer`, `optimizer.pt`, `scheduler.pt` and the RNG state (`rng_state*.pth`),
+    each opened the way the Trainer opens it (`torch.load(weights_only=True)`).
     """
     folder = Path(folder)
-    state_path = folder / TRAINER_STATE
-    if not state_path.is_file():
-        return f"{TRAINER_STATE} is missing (the save was cut short)"
-    try:
-        json.loads(state_path.read_text())
-    except (OSError, ValueError) as error:
-        return f"{TRAINER_STATE} is unreadable ({error})"
+    for name in (TRAINER_STATE, "config.json"):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing (the save was cut short)"
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            return f"{name} is unreadable ({error})"
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         return "no safetensors weights"
@@ -55,8 +124,17 @@ def checkpoint_problem(folder: str | os.PathLike, needs_optimizer: bool = True) 
                 f.keys()
         except Exception as error:  # safetensors raises its own error types
             return f"{path.name} is unreadable ({error})"
-    if needs_optimizer and not (folder / "optimizer.pt").is_file():
-        return "optimizer.pt is missing"
+    if needs_optimizer:
+        rng_files = sorted(folder.glob("rng_state*.pth"))
+        if not rng_files:
+            return "rng_state.pth is missing (the resumed run would not be exact)"
+        for path in [folder / "optimizer.pt", folder / "scheduler.pt", *rng_files]:
+            if not path.is_file():
+                return f"{path.name} is missing"
+            try:
+                _loads(path)
+            except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+                return f"{path.name} is unreadable ({str(error)[:200]})"
     return None
 
 
@@ -72,7 +150,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, needs_optimizer: boo
         problem = checkpoint_problem(path, needs_optimizer)
         if problem is None:
             return str(path)
-        logger.warning("Skipping incomplete checkpoint %s: %s.", path, problem)
+        logger.warning("Skipping incomplete checkpoint %s: %s; falling back to an earlier one.", path, problem)
     return None
 
 
@@ -112,16 +190,61 @@ class GracefulStopCallback(TrainerCallback):
         self._previous.clear()
 
 
+class _PushFilter:
+    """Wraps the `HfApi` the Trainer pushes with: every `upload_folder` leaves the pickles out."""
+
+    def __init__(self, api, ignore: list[str], push_training_state: bool):
+        self._api, self._ignore, self._push_training_state = api, ignore, push_training_state
+
+    def upload_folder(self, *args, **kwargs):
+        kwargs["ignore_patterns"] = [*(kwargs.get("ignore_patterns") or []), *self._ignore]
+        if self._push_training_state:
+            folder = Path(kwargs["folder_path"])
+            pushed = sorted(p.name for p in folder.iterdir()
+                            if any(fnmatch.fnmatch(p.name, pattern) for pattern in TRAINING_STATE_PATTERNS))
+            if pushed:
+                logger.warning("--hub_push_training_state: pushing %s from %s.", ", ".join(pushed), folder)
+        return self._api.upload_folder(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._api, name)
+
+
 class MiniVLMTrainer(Trainer):
-    """`Trainer` with MiniVLM-safe checkpoint loading and self-contained Hub pushes.
+    """`Trainer` with MiniVLM-safe checkpoint loading and self-contained, secret-free Hub pushes.
 
     Extra argument `model_card` (callable `output_dir -> None`): writes `README.md` into the
-    folder before every push.
+    folder before every push. Plain `TrainingArguments` are upgraded to
+    `MiniVLMTrainingArguments`, so the saved `training_args.bin` never holds a token.
     """
 
     def __init__(self, *args, model_card=None, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if type(training_args) is TrainingArguments:  # same fields plus ours (class defaults)
+            training_args.__class__ = MiniVLMTrainingArguments
         super().__init__(*args, **kwargs)
         self.model_card = model_card
+
+    @property
+    def stop_requested(self) -> bool:
+        """True when a SIGINT/SIGTERM stopped training (a checkpoint was saved): exit with EXIT_STOPPED."""
+        return any(isinstance(c, GracefulStopCallback) and c.stop_requested for c in self.callback_handler.callbacks)
+
+    @contextlib.contextmanager
+    def _filtered_pushes(self):
+        push_state = bool(getattr(self.args, "hub_push_training_state", False))
+        # Opted in: the Trainer's own state files go up (and are logged); other pickles still never do.
+        ignore = ["*.pkl", "*.pickle"] if push_state else list(PICKLE_PATTERNS)
+        original = transformers.trainer.hf_api
+        transformers.trainer.hf_api = lambda *a, **k: _PushFilter(original(*a, **k), ignore, push_state)
+        try:
+            yield
+        finally:
+            transformers.trainer.hf_api = original
+
+    def push_to_hub(self, *args, **kwargs):
+        with self._filtered_pushes():
+            return super().push_to_hub(*args, **kwargs)
 
     def _load_weights_via_from_pretrained(self, checkpoint: str, model=None) -> None:
         model = model if model is not None else self.model
@@ -164,7 +287,8 @@ class MiniVLMTrainer(Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         if self.is_world_process_zero():
             self.write_hub_files(self.args.output_dir)
-        super()._push_from_checkpoint(checkpoint_folder)
+        with self._filtered_pushes():
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(self, *args, **kwargs) -> None:
         if self.model_card is None:

@@ -70,10 +70,15 @@ def compute_caption_metrics(
 
     Raises:
         ValueError: if the numbers of predictions and reference lists differ, there are no
-            predictions, or an image has no references.
+            predictions, an image has no references, or a reference is not a string.
     """
     predictions = list(predictions)
     references = [[r] if isinstance(r, str) else list(r) for r in references]
+    for index, refs in enumerate(references):
+        for position, ref in enumerate(refs):
+            if not isinstance(ref, str):
+                raise ValueError(f"references[{index}][{position}] is a {type(ref).__name__}, not a string: pass one "
+                                 "list of reference strings per image (not nested lists).")
     if len(predictions) != len(references):
         raise ValueError(f"got {len(predictions)} predictions but {len(references)} reference lists")
     if not predictions:
