@@ -16,15 +16,16 @@ from transformers import AutoProcessor, HfArgumentParser, TrainingArguments, ViT
 
 from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
-from minivlm.data.collator import CaptionCollator, CaptionEpochCallback
-from minivlm.data.adapters import clean_caption_dataset, load_caption_dataset
+from minivlm.data.collator import CaptionCollator
+from minivlm.data.loading import caption_column_argument, load_dataset_splits
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features
 from minivlm.data.tokenizer import build_word_level_tokenizer
 
-from minivlm.evaluation.captioning import DEFAULT_DECODING, CaptionEvalCallback
+from minivlm.evaluation.captioning import DEFAULT_DECODING
 from .model_card import write_model_card
 from .presets import PRESETS
-from .trainer import GracefulStopCallback, MiniVLMTrainer, last_complete_checkpoint
+from .callbacks import CaptionEpochCallback, CaptionEvalCallback, GracefulStopCallback
+from .trainer import MiniVLMTrainer, last_complete_checkpoint
 
 
 logger = logging.getLogger("minivlm.train")
@@ -131,35 +132,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 
 
 def load_data(data_args: DataArguments, seed: int):
-    """The training split (and evaluation split, if any) in the uniform caption view, cleaned."""
-    source = data_args.dataset
-    if source == "shapes":
-        from minivlm.data.shapes import generate_shapes_dataset
-
-        source = data_args.shapes_dir
-        if not (Path(source) / "train" / "metadata.jsonl").is_file():
-            generate_shapes_dataset(
-                source, num_train=data_args.shapes_num_train, num_validation=data_args.shapes_num_eval,
-                num_test=data_args.shapes_num_eval, image_size=data_args.shapes_image_size, seed=seed,
-            )
-    columns = data_args.caption_column.split(",") if data_args.caption_column else None
-    if columns is not None and len(columns) == 1:
-        columns = columns[0]
-    common = dict(dataset_config=data_args.dataset_config, image_column=data_args.image_column,
-                  caption_column=columns, seed=seed)
-    train = load_caption_dataset(source, data_args.train_split, max_samples=data_args.max_train_samples, **common)
-    train = clean_caption_dataset(train, max_bad_fraction=data_args.max_bad_fraction, split_name=data_args.train_split)
-    evaluation = None
-    if data_args.eval_split:
-        try:
-            evaluation = load_caption_dataset(source, data_args.eval_split, max_samples=data_args.max_eval_samples, **common)
-        except ValueError as error:
-            logger.warning("No evaluation split: %s", error)
-        else:
-            evaluation = clean_caption_dataset(
-                evaluation, max_bad_fraction=data_args.max_bad_fraction, split_name=data_args.eval_split
-            )
-    return train, evaluation
+    """The training split and the evaluation split (or None), through the one data entry point:
+    the shapes set resolved (generated when missing), both cleaned, the evaluation split with the
+    shapes ``objects`` that ``eval_shapes_accuracy`` needs."""
+    return load_dataset_splits(
+        data_args.dataset, train_split=data_args.train_split, eval_split=data_args.eval_split,
+        max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
+        shapes_dir=data_args.shapes_dir, shapes_num_train=data_args.shapes_num_train,
+        shapes_num_eval=data_args.shapes_num_eval, shapes_image_size=data_args.shapes_image_size, seed=seed,
+        max_bad_fraction=data_args.max_bad_fraction, dataset_config=data_args.dataset_config,
+        image_column=data_args.image_column, caption_column=caption_column_argument(data_args.caption_column),
+    )
 
 
 def build_model(model_args: ModelArguments, train_dataset) -> tuple[MiniVLMForConditionalGeneration, MiniVLMProcessor]:
