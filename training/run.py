@@ -97,18 +97,31 @@ class DataArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Flags, or one YAML/JSON file; `--preset` (or `preset:` in the file) fills the defaults first."""
+    """Flags, after an optional YAML/JSON file: `train.py [config.yaml] [--flag value ...]`.
+
+    Precedence, lowest first: the built-in defaults, the preset (`--preset name`, `--preset=name`
+    or `preset:` in the file; the flag wins), the file's values, the flags.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     file_values = {}
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
         import yaml
 
         file_values = yaml.safe_load(Path(argv[0]).read_text()) or {}
-        argv = []
+        if not isinstance(file_values, dict):
+            raise ValueError(f"{argv[0]} holds {type(file_values).__name__}; write one `name: value` line per argument.")
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(file_values) - known)
+        if unknown:
+            raise ValueError(f"{argv[0]}: unknown arguments {unknown}; use the flag names of --help, without the dashes.")
+        argv = argv[1:]
     preset_name = file_values.get("preset")
-    if "--preset" in argv:
-        preset_name = argv[argv.index("--preset") + 1]
+    for i, arg in enumerate(argv):
+        if arg == "--preset" and i + 1 < len(argv):
+            preset_name = argv[i + 1]
+        elif arg.startswith("--preset="):
+            preset_name = arg.split("=", 1)[1]
     defaults = {
         "output_dir": "outputs/minivlm",
         "remove_unused_columns": False,  # the collator needs the image and caption columns
@@ -122,12 +135,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     if preset_name is not None:
         if preset_name not in PRESETS:
             raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}.")
-        for key, value in PRESETS[preset_name].items():
-            defaults[key] = json.dumps(value) if isinstance(value, dict) else value
-    parser.set_defaults(**defaults)
-    if file_values:
-        merged = {**defaults, **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in file_values.items()}}
-        return parser.parse_dict(merged)
+        defaults.update(PRESETS[preset_name])
+    defaults.update(file_values)
+    # Defaults reach the dataclasses as given: JSON-valued arguments (the tiny configs) as strings.
+    parser.set_defaults(**{k: json.dumps(v) if isinstance(v, dict) else v for k, v in defaults.items()})
     return parser.parse_args_into_dataclasses(args=argv)
 
 
