@@ -81,7 +81,7 @@ def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsy
 
 
 def test_generation_precisions(monkeypatch):
-    benchmark = load_benchmark(monkeypatch)
+    benchmark = importlib.import_module("minivlm.benchmark.runs")
     args = benchmark.BenchmarkArguments()
     assert benchmark.generation_precisions(args, torch.device("cuda")) == ["bf16"]
     # On CPU, bf16 only where it runs natively: emulated bf16 would be slower than fp32.
