@@ -301,3 +301,36 @@ def test_caption_evaluation_during_training_reports_shapes_accuracy(tmp_path):
     logged = [e for e in trainer.state.log_history if "eval_cider" in e]
     assert [e["step"] for e in logged] == [2]
     assert 0.0 <= logged[0]["eval_shapes_accuracy"] <= 1.0
+
+
+def test_resume_late_in_the_second_epoch_ends_bit_exact(tmp_path, shapes_dir):
+    # 24 images at batch 4: 6 steps an epoch. Stopped at step 9, state.epoch is 1.5 on resume: the
+    # collator must go on drawing the second epoch's captions (epoch index 1, not 1.5 rounded to 2).
+    common = ("--max_steps", "12", "--save_steps", "100")
+    straight = train(*parse_args(tiny_argv(tmp_path / "straight", shapes_dir, *common)))
+    argv = tiny_argv(tmp_path / "resumed", shapes_dir, *common)
+    interrupted = train(*parse_args(argv), callbacks=[InterruptAt(9)])
+    assert (interrupted.state.global_step, interrupted.state.epoch) == (9, 1.5)
+    finished = train(*parse_args(argv))
+    assert finished.state.global_step == 12 and finished.data_collator.epoch == 1
+    assert_same_weights(weights(finished.model), weights(straight.model))
+
+
+def test_checkpoint_missing_only_trainer_state_is_skipped_and_refused(tmp_path, shapes_dir, caplog):
+    # The weights and optimizer of checkpoint-4 are whole; only the last file of a save is missing.
+    out = tmp_path / "run"
+    argv = tiny_argv(out, shapes_dir, "--max_steps", "4")
+    train(*parse_args(argv))
+    expected = weights(out)
+    broken = out / "checkpoint-4"
+    (broken / "trainer_state.json").unlink()
+    assert checkpoint_problem(broken) == "trainer_state.json is missing (the save was cut short)"
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(out) == str(out / "checkpoint-2")
+    assert f"Skipping incomplete checkpoint {broken}: trainer_state.json is missing" in caplog.text
+    with pytest.raises(ValueError, match="cannot resume from .*checkpoint-4: trainer_state.json is missing"):
+        train(*parse_args(argv + ["--resume_from_checkpoint", str(broken)]))
+    (out / "model.safetensors").unlink()
+    resumed = train(*parse_args(argv))  # from checkpoint-2, to the same end
+    assert resumed.state.global_step == 4
+    assert_same_weights(weights(resumed.model), expected)
