@@ -31,7 +31,8 @@ class DemoArguments:
     seed: int = field(default=0)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run_demo(argv: list[str] | None = None) -> dict:
+    """Runs the demo and returns its summary (what `demo_summary.json` holds)."""
     (demo,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
     start = time.perf_counter()
     out = Path(demo.output_dir)
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nwrote {out / 'loss_curve.png'}, {out / 'captions_before_after.png'}, {model_dir}")
     print(f"done in {total:.0f}s")
     return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `minivlm-demo` command (returns None: a console script's return value is its exit status)."""
+    run_demo(argv)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def _log_history(args: EvalArguments) -> list[dict] | None:
     return data["log_history"] if isinstance(data, dict) else data
 
 
-def main(argv: list[str] | None = None) -> dict:
+def evaluate(argv: list[str] | None = None) -> dict:
     """Runs the evaluation and returns what `metrics.json` holds."""
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name} unavailable: {reason}")
     print(f"wrote {output_dir}")
     return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `minivlm-evaluate` command (returns None: a console script's return value is its exit status)."""
+    evaluate(argv)
 
 
 if __name__ == "__main__":
