@@ -22,7 +22,7 @@ from transformers import TrainingArguments
 from conftest import REPO_ROOT, make_config, make_images, make_model, make_processor
 from minivlm.data.collator import CaptionCollator
 from minivlm.evaluation.metrics import compute_caption_metrics
-from minivlm.data.shapes import generate_shapes_dataset, make_shapes_examples, shapes_accuracy
+from minivlm.data.shapes import generate_shapes_dataset, shapes_accuracy
 from minivlm.evaluation.captioning import evaluate_captions, generate_captions
 from minivlm.training.callbacks import CaptionEvalCallback
 from minivlm.evaluation.plots import patch_feature_norms, plot_caption_grid, plot_loss_curve, plot_patch_heatmap
