@@ -51,8 +51,11 @@ def format_tables(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Runs every benchmark once, prints the tables, writes the JSON; returns the results."""
+def main(argv: list[str] | None = None) -> None:
+    """Runs every benchmark once, prints the tables and writes the results as JSON (`--output_json`).
+
+    Returns None: as the `minivlm-benchmark` console command, a returned value would be its exit status.
+    """
     parser = HfArgumentParser(BenchmarkArguments)
     (args,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     results = run_benchmark(args)
@@ -62,4 +65,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
     print(f"\nresults written to {output}")
-    return results

@@ -11,12 +11,7 @@ import os
 # Before torch is imported: passive OpenMP waiting (see minivlm.benchmark).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from minivlm.benchmark import main as run_benchmark  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The `minivlm-benchmark` command (returns None: a console script's return value is its exit status)."""
-    run_benchmark(argv)
+from minivlm.benchmark import main  # noqa: E402
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ class DemoArguments:
     seed: int = field(default=0)
 
 
-def run_demo(argv: list[str] | None = None) -> dict:
-    """Runs the demo and returns its summary (what `demo_summary.json` holds)."""
+def main(argv: list[str] | None = None) -> None:
+    """Runs the demo; its summary goes to `demo_summary.json` (returns None: a console command's
+    return value would be its exit status)."""
     (demo,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
     start = time.perf_counter()
     out = Path(demo.output_dir)
@@ -87,12 +88,6 @@ def run_demo(argv: list[str] | None = None) -> dict:
     (out / "predictions.json").write_text(json.dumps(predictions, indent=1))
     print(f"\nwrote {out / 'loss_curve.png'}, {out / 'captions_before_after.png'}, {model_dir}")
     print(f"done in {total:.0f}s")
-    return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The `minivlm-demo` command (returns None: a console script's return value is its exit status)."""
-    run_demo(argv)
 
 
 if __name__ == "__main__":

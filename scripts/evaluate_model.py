@@ -68,8 +68,9 @@ def _log_history(args: EvalArguments) -> list[dict] | None:
     return data["log_history"] if isinstance(data, dict) else data
 
 
-def evaluate(argv: list[str] | None = None) -> dict:
-    """Runs the evaluation and returns what `metrics.json` holds."""
+def main(argv: list[str] | None = None) -> None:
+    """Runs the evaluation and writes the files above (returns None: a console command's return
+    value would be its exit status)."""
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.manual_seed(args.seed)
@@ -117,12 +118,6 @@ def evaluate(argv: list[str] | None = None) -> dict:
     for name, reason in metrics.get("unavailable", {}).items():
         print(f"{name} unavailable: {reason}")
     print(f"wrote {output_dir}")
-    return report
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The `minivlm-evaluate` command (returns None: a console script's return value is its exit status)."""
-    evaluate(argv)
 
 
 if __name__ == "__main__":

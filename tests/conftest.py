@@ -29,6 +29,11 @@ from minivlm.data.tokenizer import build_word_level_tokenizer
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Sub-configs for `--tiny_vision_config` / `--tiny_text_config` (JSON) of training runs in the tests.
+TINY_VISION = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
+               "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+TINY_TEXT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
 WORDS = (
     "a an the red green blue yellow circle square triangle small large on left right top bottom "
     "of and two dog cat runs sits in grass photo this image shows"

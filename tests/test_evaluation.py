@@ -172,7 +172,7 @@ def test_evaluate_captions_scores_against_every_reference_with_hand_computed_val
 
 
 def test_evaluate_script_writes_predictions_metrics_and_pictures(saved_model_dir, tmp_path, capsys):
-    main = load_script("evaluate_model").evaluate
+    main = load_script("evaluate_model").main
 
     shapes_dir = generate_shapes_dataset(tmp_path / "shapes", num_train=0, num_validation=0, num_test=12, image_size=32)
     model_dir = shutil.copytree(saved_model_dir, tmp_path / "model")

@@ -17,13 +17,8 @@ import venv
 import zipfile
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TINY_TEXT, TINY_VISION
 
-
-TINY_VISION = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
-               "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-TINY_TEXT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
 # What the checkout holds that a build must not see (or write into).
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "outputs", "data")
 

@@ -12,18 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TEXT, TINY_VISION
 from transformers import TrainerCallback
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm.data.adapters import BadDataError
 from minivlm.training.run import apply_freezing, parse_args, train
 from minivlm.training.trainer import checkpoint_problem, last_complete_checkpoint
-
-
-TINY_VISION = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
-               "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-TINY_TEXT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
 
 
 @pytest.fixture(scope="module")
@@ -163,11 +158,16 @@ def test_resume_restores_every_parameter(tmp_path, shapes_dir):
     assert_same_weights(weights(fresh), saved)
 
 
-def test_half_written_checkpoint_is_never_resumed_from(tmp_path, shapes_dir, caplog):
+def four_steps_with_two_checkpoints(tmp_path, shapes_dir):
+    """A finished 4-step run saved at steps 2 and 4: its folder, argv and final weights."""
     out = tmp_path / "run"
     argv = tiny_argv(out, shapes_dir, "--max_steps", "4")
     train(*parse_args(argv))
-    expected = weights(out)
+    return out, argv, weights(out)
+
+
+def test_half_written_checkpoint_is_never_resumed_from(tmp_path, shapes_dir, caplog):
+    out, argv, expected = four_steps_with_two_checkpoints(tmp_path, shapes_dir)
     # A crash while saving checkpoint-4: its weights are cut short and trainer_state.json never written.
     broken = out / "checkpoint-4"
     (broken / "trainer_state.json").unlink()
@@ -318,10 +318,7 @@ def test_resume_late_in_the_second_epoch_ends_bit_exact(tmp_path, shapes_dir):
 
 def test_checkpoint_missing_only_trainer_state_is_skipped_and_refused(tmp_path, shapes_dir, caplog):
     # The weights and optimizer of checkpoint-4 are whole; only the last file of a save is missing.
-    out = tmp_path / "run"
-    argv = tiny_argv(out, shapes_dir, "--max_steps", "4")
-    train(*parse_args(argv))
-    expected = weights(out)
+    out, argv, expected = four_steps_with_two_checkpoints(tmp_path, shapes_dir)
     broken = out / "checkpoint-4"
     (broken / "trainer_state.json").unlink()
     assert checkpoint_problem(broken) == "trainer_state.json is missing (the save was cut short)"
