@@ -40,8 +40,9 @@ WORDS = (
 )
 
 
-def missing_metric_tools(which=shutil.which, find_spec=importlib.util.find_spec) -> list[str]:
+def missing_metric_tools(which=None, find_spec=None) -> list[str]:
     """What the metric parity tests need and this machine lacks: they skip locally without it."""
+    which, find_spec = which or shutil.which, find_spec or importlib.util.find_spec
     missing = []
     if find_spec("pycocoevalcap") is None:
         missing.append("pycocoevalcap (pip install -e '.[test]')")
