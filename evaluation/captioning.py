@@ -1,36 +1,33 @@
-"""Caption evaluation: batched generation, COCO metrics against all references, and a Trainer callback.
+"""Caption evaluation: batched generation and COCO metrics against all references.
 
 - `generate_captions`: one caption per image of a uniform-view dataset (``image``, ``captions``,
   ``id``), batched, in dataset order, the prompt cut off.
 - `evaluate_captions`: predictions plus BLEU-1..4 / METEOR / ROUGE-L / CIDEr against every
   reference of each image (and `shapes_accuracy` on the synthetic shapes set), with the decoding
   settings recorded beside the scores, since beam search or sampling changes them.
-- `load_evaluation_dataset`: a split in the uniform view, cleaned; on an imagefolder whose metadata
-  holds ``objects`` (the shapes set) those are attached, for `shapes_accuracy`.
-- `CaptionEvalCallback`: the same metrics during training, merged into the Trainer's evaluation
-  metrics so that ``metric_for_best_model="eval_cider"`` keeps the best checkpoint by CIDEr.
+- `load_evaluation_dataset`: `minivlm.data.loading.load_split` under its older name: a split in the
+  uniform view, cleaned, with the shapes ``objects`` attached, for `shapes_accuracy`.
+
+The Trainer callback that runs them during training is `minivlm.training.callbacks.CaptionEvalCallback`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 from PIL import Image
-from transformers import TrainerCallback
 from transformers.utils.logging import tqdm
 
-from minivlm.data.adapters import clean_caption_dataset, load_caption_dataset
+from minivlm.data.loading import load_split as load_evaluation_dataset
 from minivlm.evaluation.metrics import compute_caption_metrics
 from minivlm.data.shapes import shapes_accuracy
 
 
-__all__ = ["DEFAULT_DECODING", "CaptionEvalCallback", "evaluate_captions", "generate_captions", "load_evaluation_dataset"]
+__all__ = ["DEFAULT_DECODING", "SCORE_KEYS", "evaluate_captions", "generate_captions", "load_evaluation_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +111,7 @@ def evaluate_captions(
     Args:
         model, processor: as for `generate_captions`.
         dataset: ``image``, ``captions`` (list of str), ``id``; with an ``objects`` column (the
-            shapes set, see `load_evaluation_dataset`) `shapes_accuracy` is added.
+            shapes set, see `minivlm.data.loading.load_split`) `shapes_accuracy` is added.
         decoding: ``generate`` settings (``max_new_tokens``, ``num_beams``, ``do_sample``, any other
             ``generate`` keyword); missing ones take `DEFAULT_DECODING`.
         batch_size, prompt: as for `generate_captions`.
@@ -143,125 +140,3 @@ def evaluate_captions(
         metrics["shapes_accuracy"] = shapes_accuracy(captions, dataset["objects"])
     metrics["decoding"] = decoding
     return predictions, metrics
-
-
-def load_evaluation_dataset(
-    dataset: str,
-    split: str = "test",
-    *,
-    dataset_config: str | None = None,
-    image_column: str = "image",
-    caption_column: str | list[str] | None = None,
-    id_column: str | None = None,
-    max_samples: int | None = None,
-    seed: int = 42,
-    max_bad_fraction: float = 0.05,
-) -> datasets.Dataset:
-    """A split in the uniform view (`processing.data.load_caption_dataset`), cleaned, ready to caption.
-
-    For a local imagefolder whose ``{split}/metadata.jsonl`` records carry ``id`` and ``objects``
-    (the synthetic shapes set), an ``objects`` column is added (matched by id), which turns on
-    `shapes_accuracy` in `evaluate_captions`. Other arguments as for `load_caption_dataset`.
-    """
-    ds = load_caption_dataset(
-        dataset, split, dataset_config=dataset_config, image_column=image_column, caption_column=caption_column,
-        id_column=id_column, max_samples=max_samples, seed=seed,
-    )
-    ds = clean_caption_dataset(ds, max_bad_fraction=max_bad_fraction, split_name=split)
-    metadata = Path(dataset) / split / "metadata.jsonl"
-    if metadata.is_file():
-        # The uniform view keeps image, captions and id only: read the objects back from the metadata.
-        records = [json.loads(line) for line in metadata.read_text(encoding="utf-8").splitlines() if line.strip()]
-        objects = {str(r["id"]): r["objects"] for r in records if "id" in r and "objects" in r}
-        if objects and all(i in objects for i in ds["id"]):
-            ds = ds.add_column("objects", [objects[i] for i in ds["id"]])
-    return ds
-
-
-class CaptionEvalCallback(TrainerCallback):
-    """Caption metrics during training, on a small validation subset, merged into the Trainer's evaluation.
-
-    With the Trainer's own schedule (``eval_strategy`` + ``eval_steps``) the metrics are added, as
-    ``eval_cider``, ``eval_bleu_4``, ... (``eval_shapes_accuracy`` on the shapes set), to the
-    metrics dict ``on_evaluate`` receives: `Trainer._determine_best_metric` reads that same dict,
-    so ``metric_for_best_model="eval_cider"`` with ``load_best_model_at_end=True`` keeps the best
-    checkpoint by CIDEr. The Trainer has logged its evaluation before ``on_evaluate``, so the
-    caption metrics are appended to ``state.log_history`` as their own entry (with ``step``).
-    Place this callback before an ``EarlyStoppingCallback`` that watches a caption metric.
-
-    With ``every_n_steps`` the callback also evaluates every N optimizer steps by itself (logged
-    only: the Trainer picks its best model at its own evaluations). Every process generates the
-    whole subset, so that all of them see the same metrics; keep ``max_samples`` small.
-
-    Args:
-        processor: the model's processor.
-        dataset: validation examples in the uniform view (``image``, ``captions``, ``id``).
-        max_samples: evaluate on the first N examples only (None: all).
-        every_n_steps: also evaluate every N steps (None: only when the Trainer evaluates).
-        decoding, batch_size, prompt: as for `evaluate_captions` (the prompt the model trains with).
-        meteor: METEOR costs a JVM start; off by default.
-    """
-
-    def __init__(
-        self,
-        processor,
-        dataset: datasets.Dataset,
-        *,
-        max_samples: int | None = 64,
-        every_n_steps: int | None = None,
-        decoding: dict[str, Any] | None = None,
-        batch_size: int = 32,
-        prompt: str = "",
-        meteor: bool | None = False,
-    ):
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be at least 1 (or None), got {every_n_steps}")
-        if max_samples is not None and max_samples < len(dataset):
-            dataset = dataset.select(range(max_samples))
-        self.processor = processor
-        self.dataset = dataset
-        self.every_n_steps = every_n_steps
-        self.decoding = dict(decoding or {})
-        self.batch_size = batch_size
-        self.prompt = prompt
-        self.meteor = meteor
-        self.last_predictions: list[dict[str, Any]] = []
-        self._step_scores: tuple[int, dict[str, float]] | None = None  # from on_step_end, for on_evaluate
-
-    def compute(self, model: torch.nn.Module) -> dict[str, float]:
-        """Caption metrics of ``model`` on the subset, unprefixed (``cider``, ``bleu_4``, ...), numbers only."""
-        predictions, metrics = evaluate_captions(
-            model, self.processor, self.dataset, decoding=self.decoding, batch_size=self.batch_size,
-            prompt=self.prompt, meteor=self.meteor, progress=False,
-        )
-        self.last_predictions = predictions
-        # A None (METEOR off) would break the Trainer's best-metric comparison: leave it out.
-        return {k: float(metrics[k]) for k in (*SCORE_KEYS, "shapes_accuracy") if metrics.get(k) is not None}
-
-    @staticmethod
-    def _log(state, prefix: str, scores: dict[str, float]) -> dict[str, float]:
-        logs = {f"{prefix}_{k}": v for k, v in scores.items()}
-        state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
-        logger.info("Caption metrics at step %d: %s", state.global_step,
-                    ", ".join(f"{k}={v:.4f}" for k, v in logs.items()))
-        return logs
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.every_n_steps and state.global_step % self.every_n_steps == 0:
-            scores = self.compute(model)
-            self._log(state, "eval", scores)
-            self._step_scores = (state.global_step, scores)
-
-    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        if metrics is None:
-            return
-        # The Trainer's prefix ("eval", or what trainer.evaluate(metric_key_prefix=...) was given):
-        # speed_metrics always adds "<prefix>_runtime".
-        prefix = next((k[: -len("_runtime")] for k in metrics if k.endswith("_runtime")), "eval")
-        if self._step_scores is not None and self._step_scores[0] == state.global_step:
-            # Computed (and logged) by on_step_end just before this evaluation: same weights.
-            logs = {f"{prefix}_{k}": v for k, v in self._step_scores[1].items()}
-        else:
-            logs = self._log(state, prefix, self.compute(model))
-        self._step_scores = None
-        metrics.update(logs)  # in place: this is the dict Trainer._determine_best_metric reads

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from minivlm.processing_minivlm import MiniVLMProcessor, to_rgb
 
@@ -36,7 +35,7 @@ class CaptionCollator:
         prompt: text between the image and the caption; the same string must be used at inference.
         max_caption_tokens: caption length cap, EOS included.
         seed: picks the reference caption of each image, with the epoch set by
-            [`CaptionEpochCallback`].
+            `minivlm.training.callbacks.CaptionEpochCallback`.
     """
 
     processor: MiniVLMProcessor
@@ -108,17 +107,3 @@ class CaptionCollator:
         images = [to_rgb(example["image"]) for example in examples]
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return {**self.text_batch(examples), "pixel_values": pixel_values}
-
-
-class CaptionEpochCallback(TrainerCallback):
-    """Tells the collator which epoch it is, so each epoch draws its own references.
-
-    `state.epoch` is fractional (1.5 = halfway through the second epoch), also when a run
-    resumes mid-epoch, so `int(state.epoch)` is the 0-based index of the epoch under way.
-    """
-
-    def __init__(self, collator: CaptionCollator):
-        self.collator = collator
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.collator.epoch = int(state.epoch or 0)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser, pipeline, set_seed
 
-from minivlm.data.shapes import generate_shapes_dataset
-from minivlm.evaluation.captioning import evaluate_captions, generate_captions, load_evaluation_dataset
+from minivlm.data.loading import load_split, resolve_dataset
+from minivlm.evaluation.captioning import evaluate_captions, generate_captions
 from minivlm.evaluation.plots import plot_caption_grid, plot_loss_curve
 from minivlm.training.run import build_model, parse_args, train
 
@@ -31,7 +31,9 @@ class DemoArguments:
     seed: int = field(default=0)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """Runs the demo; its summary goes to `demo_summary.json` (returns None: a console command's
+    return value would be its exit status)."""
     (demo,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
     start = time.perf_counter()
     out = Path(demo.output_dir)
@@ -42,15 +44,14 @@ def main(argv: list[str] | None = None) -> dict:
         train_argv += ["--num_train_epochs", str(demo.num_train_epochs)]
     model_args, data_args, training_args = parse_args(train_argv)
 
-    if not (data_dir / "train" / "metadata.jsonl").is_file():
-        generate_shapes_dataset(data_dir, num_train=data_args.shapes_num_train, num_validation=data_args.shapes_num_eval,
-                                num_test=data_args.shapes_num_eval, image_size=data_args.shapes_image_size, seed=demo.seed)
-    test = load_evaluation_dataset(str(data_dir), "test")
+    resolve_dataset("shapes", shapes_dir=data_dir, num_train=data_args.shapes_num_train,
+                    num_eval=data_args.shapes_num_eval, image_size=data_args.shapes_image_size, seed=demo.seed)
+    test = load_split(str(data_dir), "test")
     samples = test.select(range(demo.num_samples))
     print(f"[{time.perf_counter() - start:5.1f}s] shapes set ready in {data_dir} ({len(test)} held-out images)")
 
     set_seed(demo.seed)
-    untrained, untrained_processor = build_model(model_args, load_evaluation_dataset(str(data_dir), "train"))
+    untrained, untrained_processor = build_model(model_args, load_split(str(data_dir), "train"))
     before = generate_captions(untrained, untrained_processor, samples, max_new_tokens=16, progress=False)
 
     trainer = train(model_args, data_args, training_args)
@@ -87,7 +88,6 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "predictions.json").write_text(json.dumps(predictions, indent=1))
     print(f"\nwrote {out / 'loss_curve.png'}, {out / 'captions_before_after.png'}, {model_dir}")
     print(f"done in {total:.0f}s")
-    return summary
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
-from minivlm.evaluation.captioning import SCORE_KEYS, evaluate_captions, load_evaluation_dataset
+from minivlm.data.loading import caption_column_argument, load_split, resolve_dataset
+from minivlm.evaluation.captioning import SCORE_KEYS, evaluate_captions
 from minivlm.training.model_card import format_metrics
 from minivlm.evaluation.plots import plot_loss_curve, plot_patch_heatmap
 
@@ -67,42 +68,29 @@ def _log_history(args: EvalArguments) -> list[dict] | None:
     return data["log_history"] if isinstance(data, dict) else data
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Runs the evaluation and returns what `metrics.json` holds."""
+def main(argv: list[str] | None = None) -> None:
+    """Runs the evaluation and writes the files above (returns None: a console command's return
+    value would be its exit status)."""
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.manual_seed(args.seed)
 
-    # data
-    source = args.dataset
-    if source == "shapes":
-        source = args.shapes_dir
-        if not (Path(source) / args.split / "metadata.jsonl").is_file():
-            raise FileNotFoundError(
-                f"no shapes split {args.split!r} in {source}; generate it as training did "
-                f"(python -m processing.shapes --output_dir {source} --image_size <model image size>) "
-                "or pass --shapes_dir"
-            )
-    columns = args.caption_column.split(",") if args.caption_column else None
-    dataset = load_evaluation_dataset(
+    source = resolve_dataset(args.dataset, shapes_dir=args.shapes_dir, split=args.split, generate=False)
+    dataset = load_split(
         source, args.split, dataset_config=args.dataset_config, image_column=args.image_column,
-        caption_column=columns[0] if columns and len(columns) == 1 else columns,
-        max_samples=args.max_samples, seed=args.seed,
+        caption_column=caption_column_argument(args.caption_column), max_samples=args.max_samples, seed=args.seed,
     )
 
-    # model
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).to(device).eval()
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
 
-    # evaluate
     decoding = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.do_sample}
     predictions, metrics = evaluate_captions(
         model, processor, dataset, decoding=decoding, batch_size=args.batch_size, prompt=args.prompt,
         meteor=False if args.skip_meteor else None,
     )
 
-    # write
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
@@ -130,7 +118,6 @@ def main(argv: list[str] | None = None) -> dict:
     for name, reason in metrics.get("unavailable", {}).items():
         print(f"{name} unavailable: {reason}")
     print(f"wrote {output_dir}")
-    return report
 
 
 if __name__ == "__main__":

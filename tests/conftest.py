@@ -12,7 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # slow tiny-model steps many times over. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import importlib.util
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +28,34 @@ from minivlm.data.tokenizer import build_word_level_tokenizer
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Sub-configs for `--tiny_vision_config` / `--tiny_text_config` (JSON) of training runs in the tests.
+TINY_VISION = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
+               "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+TINY_TEXT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
 WORDS = (
     "a an the red green blue yellow circle square triangle small large on left right top bottom "
     "of and two dog cat runs sits in grass photo this image shows"
 )
+
+
+def missing_metric_tools(which=None, find_spec=None) -> list[str]:
+    """What the metric parity tests need and this machine lacks: they skip locally without it."""
+    which, find_spec = which or shutil.which, find_spec or importlib.util.find_spec
+    missing = []
+    if find_spec("pycocoevalcap") is None:
+        missing.append("pycocoevalcap (pip install -e '.[test]')")
+    if which("java") is None:
+        missing.append("java (apt-get install -y default-jre-headless)")
+    return missing
+
+
+def pytest_sessionstart(session):
+    # In CI (the CI variable set, as .ci/run and CI services do) a missing tool is an error, not a
+    # skipped METEOR / PTB-tokenizer parity test that nobody reads.
+    missing = missing_metric_tools()
+    if os.environ.get("CI") and missing:
+        raise pytest.UsageError(f"CI is set but the metric parity tests would skip: missing {', '.join(missing)}.")
 
 
 def seed_everything(seed: int = 0) -> None:

@@ -24,7 +24,7 @@ def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsy
     threads = torch.get_num_threads()
     try:
         # One thread: steady on a shared 2-core machine, and quick; a few new tokens suffice here.
-        returned = benchmark.main([
+        benchmark.main([
             "--preset", "small", "--steps", "1", "--warmup", "0", "--gen_steps", "1", "--gen_batch_size", "2",
             "--max_new_tokens", "4", "--threads", "1", "--gen_precisions", "fp32,bf16", "--output_json", str(output),
         ])
@@ -32,7 +32,6 @@ def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsy
         torch.set_num_threads(threads)
 
     results = json.loads(output.read_text())
-    assert results == json.loads(json.dumps(returned))
     assert results["preset"] == "small" and results["device"] in ("cpu", "cuda") and results["memory_method"]
 
     training = results["training"]
@@ -81,7 +80,7 @@ def test_small_preset_writes_every_section_with_positive_figures(tmp_path, capsy
 
 
 def test_generation_precisions(monkeypatch):
-    benchmark = load_benchmark(monkeypatch)
+    benchmark = importlib.import_module("minivlm.benchmark.runs")
     args = benchmark.BenchmarkArguments()
     assert benchmark.generation_precisions(args, torch.device("cuda")) == ["bf16"]
     # On CPU, bf16 only where it runs natively: emulated bf16 would be slower than fp32.

@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import make_images
 
-from minivlm.data.collator import CaptionCollator, CaptionEpochCallback, choose_caption
+from minivlm.data.collator import CaptionCollator, choose_caption
+from minivlm.training.callbacks import CaptionEpochCallback
 
 
 def examples(n=3, captions=None):

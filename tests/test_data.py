@@ -311,3 +311,35 @@ def test_max_bad_fraction_is_an_inclusive_limit(caplog):
     with pytest.raises(BadDataError, match=r"2 of 20 .*id '3': no non-empty caption; id '7'"):
         clean_caption_dataset(two_bad)
     assert len(clean_caption_dataset(two_bad, max_bad_fraction=0.1)) == 18
+
+
+# -- the one entry point: resolve, load, clean, attach what the scorers need ---------------------------
+def test_resolve_generates_the_shapes_set_once_and_passes_other_names_through(tmp_path):
+    from minivlm.data.loading import resolve_dataset
+
+    assert resolve_dataset("jxie/flickr8k", shapes_dir=tmp_path / "unused") == "jxie/flickr8k"
+    assert not (tmp_path / "unused").exists()
+    folder = tmp_path / "shapes"
+    with pytest.raises(FileNotFoundError, match=r"no shapes split 'test' in .*python -m minivlm.data.shapes"):
+        resolve_dataset("shapes", shapes_dir=folder, split="test", generate=False)
+    assert resolve_dataset("shapes", shapes_dir=folder, num_train=3, num_eval=2, image_size=32) == str(folder)
+    records = (folder / "validation" / "metadata.jsonl").read_text().splitlines()
+    assert len(records) == 2 and len(list((folder / "train").glob("*.png"))) == 3
+    stamp = (folder / "train" / "metadata.jsonl").stat().st_mtime_ns
+    assert resolve_dataset("shapes", shapes_dir=folder, num_train=5) == str(folder)  # present: not regenerated
+    assert (folder / "train" / "metadata.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_load_dataset_splits_attaches_the_shapes_objects_to_the_evaluation_split(tmp_path):
+    from minivlm.data.loading import load_dataset_splits
+
+    folder = generate_shapes_dataset(tmp_path / "shapes", num_train=6, num_validation=4, num_test=0, image_size=32)
+    train, evaluation = load_dataset_splits("shapes", shapes_dir=folder, max_eval_samples=3, seed=1)
+    assert train.column_names == ["image", "captions", "id"] and len(train) == 6
+    assert evaluation.column_names == ["image", "captions", "id", "objects"] and len(evaluation) == 3
+    records = {r["id"]: r for r in map(json.loads, (folder / "validation" / "metadata.jsonl").read_text().splitlines())}
+    for example in evaluation:
+        assert example["objects"] == records[example["id"]]["objects"]
+    # A missing evaluation split is no error: training goes on without evaluation.
+    _, none = load_dataset_splits(str(folder), eval_split="test")
+    assert none is None

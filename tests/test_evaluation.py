@@ -22,8 +22,9 @@ from transformers import TrainingArguments
 from conftest import REPO_ROOT, make_config, make_images, make_model, make_processor
 from minivlm.data.collator import CaptionCollator
 from minivlm.evaluation.metrics import compute_caption_metrics
-from minivlm.data.shapes import generate_shapes_dataset, make_shapes_examples, shapes_accuracy
-from minivlm.evaluation.captioning import CaptionEvalCallback, evaluate_captions, generate_captions
+from minivlm.data.shapes import generate_shapes_dataset, shapes_accuracy
+from minivlm.evaluation.captioning import evaluate_captions, generate_captions
+from minivlm.training.callbacks import CaptionEvalCallback
 from minivlm.evaluation.plots import patch_feature_norms, plot_caption_grid, plot_loss_curve, plot_patch_heatmap
 from minivlm.training.trainer import MiniVLMTrainer
 
@@ -91,25 +92,83 @@ def test_generate_captions_strips_the_prompt(model, processor):
     assert not any(c.startswith("this image") for c in captions), captions
 
 
-def test_evaluate_captions_scores_all_references_and_records_decoding(model, processor):
-    ds = caption_dataset(5)
+def test_generate_captions_cuts_exactly_the_prompt_off():
+    # The prompt's last word ("shows") is an ordinary token: a cut one position early keeps it in
+    # the caption, one position late drops the first generated word. A wide initialisation keeps the
+    # random model from echoing the prompt's last word, so its captions differ from image to image.
+    config = make_config(text_config={"initializer_range": 0.5})
+    model, processor = make_model(config), make_processor(config)
+    ds = caption_dataset(4)
+    batched = generate_captions(model, processor, ds, prompt="this image shows", batch_size=3, max_new_tokens=5,
+                                progress=False)
+    prompt_ids = processor.tokenizer("this image shows", add_special_tokens=False)["input_ids"]
+    single = []
+    for image in ds["image"]:
+        inputs = processor(images=[image], text="this image shows", return_tensors="pt")
+        assert inputs["input_ids"][0, -len(prompt_ids):].tolist() == prompt_ids  # the prompt ends the input
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        new_tokens = out[0, inputs["input_ids"].shape[1]:]
+        assert len(new_tokens) == 5 or new_tokens[-1] == processor.tokenizer.eos_token_id
+        single.append(processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
+    assert batched == single
+    assert len(set(single)) > 1 and not any(c.startswith("shows") for c in single), single
+
+
+class ScriptedCaptioner(torch.nn.Module):
+    """A stand-in model whose `generate` appends the next scripted captions, in call order, to the
+    input ids: the predictions are known, so the expected scores can be worked out by hand."""
+
+    def __init__(self, tokenizer, captions: list[str]):
+        super().__init__()
+        self.tokenizer, self.captions = tokenizer, list(captions)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def generate(self, input_ids, pixel_values, attention_mask=None, **decoding):
+        assert pixel_values.shape[0] == input_ids.shape[0]
+        rows = [self.tokenizer(self.captions.pop(0), add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+                for _ in range(input_ids.shape[0])]
+        new = torch.full((len(rows), max(map(len, rows))), self.tokenizer.pad_token_id)
+        for i, row in enumerate(rows):
+            new[i, : len(row)] = torch.tensor(row)
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_evaluate_captions_scores_against_every_reference_with_hand_computed_values(processor):
+    # Each prediction equals the *second* reference of its own image: scored against all references
+    # (and the right image's), every n-gram up to 3 matches and the lengths agree.
+    predictions = ["a red circle", "a blue square", "the green triangle"]
+    ds = datasets.Dataset.from_dict({
+        "image": make_images(3, size=32),
+        "captions": [["a blue square", "a red circle"], ["a green triangle", "a blue square"],
+                     ["a red square", "the green triangle"]],
+        "id": ["x", "y", "z"],
+        # The second image holds a blue *circle*: 2 of the 3 captions name the objects right.
+        "objects": [[{"colour": "red", "shape": "circle"}], [{"colour": "blue", "shape": "circle"}],
+                    [{"colour": "green", "shape": "triangle"}]],
+    })
     decoding = {"max_new_tokens": 5, "num_beams": 2}
-    predictions, metrics = evaluate_captions(model, processor, ds, decoding=decoding, batch_size=2, meteor=False)
+    scripted, metrics = evaluate_captions(ScriptedCaptioner(processor.tokenizer, predictions), processor, ds,
+                                          decoding=decoding, batch_size=2, meteor=False, progress=False)
 
-    captions = [p["caption"] for p in predictions]
-    assert [p["id"] for p in predictions] == ds["id"]
-    assert [p["references"] for p in predictions] == ds["captions"]
-    assert captions == generate_captions(model, processor, ds, max_new_tokens=5, num_beams=2, progress=False)
-    expected = compute_caption_metrics(captions, ds["captions"], meteor=False)
-    assert {k: v for k, v in metrics.items() if k != "decoding"} == expected
+    assert [p["caption"] for p in scripted] == predictions
+    assert [p["id"] for p in scripted] == ["x", "y", "z"]
+    assert [p["references"] for p in scripted] == ds["captions"]
+    for n in (1, 2, 3):
+        assert metrics[f"bleu_{n}"] == pytest.approx(1.0)
+    # No 4-gram in a 3-word caption: pycocoevalcap's smoothing gives p4 = 1e-15 / 1e-9, BLEU-4 = (1e-6) ** (1/4).
+    assert metrics["bleu_4"] == pytest.approx(10 ** -1.5, rel=1e-6)
+    assert metrics["rouge_l"] == pytest.approx(1.0)
+    assert metrics["shapes_accuracy"] == pytest.approx(2 / 3)
+    assert metrics["meteor"] is None
     assert metrics["decoding"] == {"max_new_tokens": 5, "num_beams": 2, "do_sample": False, "prompt": ""}
-    assert "shapes_accuracy" not in metrics
-
-    # With an `objects` column (the shapes set) the shapes accuracy joins the metrics.
-    objects = [ex["objects"] for ex in make_shapes_examples(5, 32)]
-    _, with_objects = evaluate_captions(model, processor, ds.add_column("objects", objects),
-                                        decoding=decoding, meteor=False, progress=False)
-    assert with_objects["shapes_accuracy"] == shapes_accuracy(captions, objects)
+    _, without_objects = evaluate_captions(ScriptedCaptioner(processor.tokenizer, predictions), processor,
+                                           ds.remove_columns("objects"), meteor=False, progress=False)
+    assert "shapes_accuracy" not in without_objects
 
 
 def test_evaluate_script_writes_predictions_metrics_and_pictures(saved_model_dir, tmp_path, capsys):

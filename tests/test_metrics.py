@@ -1,6 +1,7 @@
 """Caption metrics: parity with pycocoevalcap (the COCO caption evaluation) and offline loading.
 
-pycocoevalcap is a test-only dependency here; tests that need Java skip (with a reason) without it.
+pycocoevalcap is a test-only dependency here; tests that need Java skip (with a reason) without it,
+except in CI, where conftest.py stops the session instead (see test_ci.py).
 """
 
 from __future__ import annotations
@@ -373,3 +374,4 @@ def test_meteor_failure_is_reported_not_zero(monkeypatch, tmp_path):
     assert r["rouge_l"] == 1.0
     with pytest.raises(Exception):
         metric.compute(predictions=["a dog runs"], references=[["a dog runs"]], meteor=True)
+

@@ -10,62 +10,10 @@ from conftest import REPO_ROOT, make_images, make_processor
 from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTImageProcessorPil, ViTModel
 
 from minivlm import MiniVLMForConditionalGeneration
+from minivlm.benchmark.notebook import NotebookMiniVLM, VisionProjector  # the notebook's classes, as it defines them
 from minivlm import MiniVLMProcessor
 from minivlm.data.builder import build_from_parts
 from minivlm.data.tokenizer import build_word_level_tokenizer
-
-
-# -- the notebook's classes, as it defines them ----------------------------------------------
-class VisionProjector(nn.Module):
-    def __init__(self, vision_dim, language_dim):
-        super().__init__()
-        self.projection = nn.Sequential(
-            nn.Linear(vision_dim, language_dim), nn.GELU(), nn.LayerNorm(language_dim), nn.Linear(language_dim, language_dim)
-        )
-
-    def forward(self, vision_features):
-        return self.projection(vision_features)
-
-
-class NotebookMiniVLM(nn.Module):
-    def __init__(self, vision_encoder, language_model, projector, tokenizer):
-        super().__init__()
-        self.vision_encoder, self.language_model, self.projector, self.tokenizer = (
-            vision_encoder, language_model, projector, tokenizer,
-        )
-
-    def encode_image(self, pixel_values):
-        with torch.no_grad():
-            image_features = self.vision_encoder(pixel_values=pixel_values).last_hidden_state
-        return self.projector(image_features)
-
-    def forward(self, pixel_values, input_ids, attention_mask, labels=None):
-        batch_size = pixel_values.shape[0]
-        image_embeds = self.encode_image(pixel_values)
-        num_image_tokens = image_embeds.shape[1]
-        text_embeds = self.language_model.get_input_embeddings()(input_ids)
-        combined_embeds = torch.cat([image_embeds, text_embeds], dim=1)
-        image_attention = torch.ones((batch_size, num_image_tokens), dtype=attention_mask.dtype)
-        combined_attention = torch.cat([image_attention, attention_mask], dim=1)
-        combined_labels = None
-        if labels is not None:
-            image_labels = torch.full((batch_size, num_image_tokens), -100, dtype=labels.dtype)
-            combined_labels = torch.cat([image_labels, labels], dim=1)
-        return self.language_model(inputs_embeds=combined_embeds, attention_mask=combined_attention, labels=combined_labels)
-
-    @torch.no_grad()
-    def generate(self, pixel_values, prompt, max_new_tokens=50):
-        image_embeds = self.encode_image(pixel_values)
-        generated_ids = self.tokenizer.encode(prompt, return_tensors="pt")
-        for _ in range(max_new_tokens):
-            current_embeds = self.language_model.get_input_embeddings()(generated_ids)
-            full_embeds = torch.cat([image_embeds, current_embeds], dim=1)
-            next_token_logits = self.language_model(inputs_embeds=full_embeds).logits[:, -1, :]
-            next_token = next_token_logits.argmax(dim=-1, keepdim=True)
-            generated_ids = torch.cat([generated_ids, next_token], dim=1)
-            if next_token.item() == self.tokenizer.eos_token_id:
-                break
-        return generated_ids
 
 
 def tiny_parts(seed=0):

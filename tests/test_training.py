@@ -12,18 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TEXT, TINY_VISION
 from transformers import TrainerCallback
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm.data.adapters import BadDataError
 from minivlm.training.run import apply_freezing, parse_args, train
 from minivlm.training.trainer import EXIT_STOPPED, checkpoint_problem, last_complete_checkpoint
-
-
-TINY_VISION = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
-               "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-TINY_TEXT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +71,31 @@ def test_arguments_from_a_yaml_file(tmp_path):
     model_args, data_args, training_args = parse_args([str(path)])
     assert training_args.num_train_epochs == 2 and model_args.freeze == "vision"
     assert data_args.dataset == "shapes" and json.loads(model_args.tiny_vision_config)["model_type"] == "vit"
+
+
+def test_config_file_and_flags_together_flags_win(tmp_path):
+    # defaults < preset < file < flags
+    path = tmp_path / "config.yaml"
+    path.write_text("preset: shapes-tiny\nlearning_rate: 3e-3\nnum_train_epochs: 2\nprompt: a photo of\n")
+    model_args, data_args, training_args = parse_args([str(path), "--learning_rate", "1e-4", "--output_dir", str(tmp_path)])
+    assert training_args.learning_rate == 1e-4  # the flag over the file
+    assert training_args.num_train_epochs == 2 and data_args.prompt == "a photo of"  # the file over the preset
+    assert training_args.per_device_train_batch_size == 32 and model_args.pixel_shuffle_factor == 2  # the preset
+    assert data_args.max_eval_samples == 200 and training_args.remove_unused_columns is False  # defaults
+    _, _, from_file = parse_args([str(path), "--output_dir", str(tmp_path)])
+    assert from_file.learning_rate == 3e-3  # YAML reads 3e-3 as a string: converted like a flag
+
+    # --preset=name is the same flag as --preset name, and a preset flag wins over the file's.
+    (tmp_path / "preset.json").write_text(json.dumps({"preset": "shapes-tiny", "freeze": "vision"}))
+    model_args, data_args, training_args = parse_args([str(tmp_path / "preset.json"), "--preset=notebook"])
+    assert (model_args.preset, data_args.dataset, training_args.learning_rate) == ("notebook", "jxie/flickr8k", 2e-4)
+    assert model_args.freeze == "vision" and model_args.tiny_text_config is None
+    model_args, _, training_args = parse_args(["--preset=shapes-tiny", "--output_dir", str(tmp_path)])
+    assert training_args.num_train_epochs == 12 and json.loads(model_args.tiny_text_config)["model_type"] == "llama"
+
+    path.write_text("preset: shapes-tiny\nlearning_rat: 1e-3\n")
+    with pytest.raises(ValueError, match=r"unknown arguments \['learning_rat'\]"):
+        parse_args([str(path)])
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path):
@@ -139,11 +159,16 @@ def test_resume_restores_every_parameter(tmp_path, shapes_dir):
     assert_same_weights(weights(fresh), saved)
 
 
-def test_half_written_checkpoint_is_never_resumed_from(tmp_path, shapes_dir, caplog):
+def four_steps_with_two_checkpoints(tmp_path, shapes_dir):
+    """A finished 4-step run saved at steps 2 and 4: its folder, argv and final weights."""
     out = tmp_path / "run"
     argv = tiny_argv(out, shapes_dir, "--max_steps", "4")
     train(*parse_args(argv))
-    expected = weights(out)
+    return out, argv, weights(out)
+
+
+def test_half_written_checkpoint_is_never_resumed_from(tmp_path, shapes_dir, caplog):
+    out, argv, expected = four_steps_with_two_checkpoints(tmp_path, shapes_dir)
     # A crash while saving checkpoint-4: its weights are cut short and trainer_state.json never written.
     broken = out / "checkpoint-4"
     (broken / "trainer_state.json").unlink()
@@ -263,3 +288,48 @@ def test_bf16_flag_autocasts_on_cpu_and_keeps_fp32_weights(tmp_path, shapes_dir)
     assert bf16_losses != fp32_losses  # the flag took effect: bf16 matmuls round differently
     assert bf16_losses == pytest.approx(fp32_losses, rel=0.05)
     assert {p.dtype for p in bf16.model.parameters()} == {torch.float32}  # mixed precision, fp32 master weights
+
+
+def test_caption_evaluation_during_training_reports_shapes_accuracy(tmp_path):
+    # "shapes" is resolved (generated here) by the data entry point, and the evaluation split
+    # carries the objects: the caption callback scores shapes accuracy as well as CIDEr.
+    argv = tiny_argv(
+        tmp_path / "out", "shapes", "--shapes_dir", str(tmp_path / "shapes"), "--shapes_num_train", "8",
+        "--shapes_num_eval", "4", "--shapes_image_size", "32", "--max_steps", "2", "--save_strategy", "no",
+        "--eval_strategy", "steps", "--eval_steps", "2", "--caption_eval_samples", "4",
+    )
+    trainer = train(*parse_args(argv))
+    assert (tmp_path / "shapes" / "validation" / "metadata.jsonl").is_file()
+    logged = [e for e in trainer.state.log_history if "eval_cider" in e]
+    assert [e["step"] for e in logged] == [2]
+    assert 0.0 <= logged[0]["eval_shapes_accuracy"] <= 1.0
+
+
+def test_resume_late_in_the_second_epoch_ends_bit_exact(tmp_path, shapes_dir):
+    # 24 images at batch 4: 6 steps an epoch. Stopped at step 9, state.epoch is 1.5 on resume: the
+    # collator must go on drawing the second epoch's captions (epoch index 1, not 1.5 rounded to 2).
+    common = ("--max_steps", "12", "--save_steps", "100")
+    straight = train(*parse_args(tiny_argv(tmp_path / "straight", shapes_dir, *common)))
+    argv = tiny_argv(tmp_path / "resumed", shapes_dir, *common)
+    interrupted = train(*parse_args(argv), callbacks=[InterruptAt(9)])
+    assert (interrupted.state.global_step, interrupted.state.epoch) == (9, 1.5)
+    finished = train(*parse_args(argv))
+    assert finished.state.global_step == 12 and finished.data_collator.epoch == 1
+    assert_same_weights(weights(finished.model), weights(straight.model))
+
+
+def test_checkpoint_missing_only_trainer_state_is_skipped_and_refused(tmp_path, shapes_dir, caplog):
+    # The weights and optimizer of checkpoint-4 are whole; only the last file of a save is missing.
+    out, argv, expected = four_steps_with_two_checkpoints(tmp_path, shapes_dir)
+    broken = out / "checkpoint-4"
+    (broken / "trainer_state.json").unlink()
+    assert checkpoint_problem(broken) == "trainer_state.json is missing (the save was cut short)"
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(out) == str(out / "checkpoint-2")
+    assert f"Skipping incomplete checkpoint {broken}: trainer_state.json is missing" in caplog.text
+    with pytest.raises(ValueError, match="cannot resume from .*checkpoint-4: trainer_state.json is missing"):
+        train(*parse_args(argv + ["--resume_from_checkpoint", str(broken)]))
+    (out / "model.safetensors").unlink()
+    resumed = train(*parse_args(argv))  # from checkpoint-2, to the same end
+    assert resumed.state.global_step == 4
+    assert_same_weights(weights(resumed.model), expected)

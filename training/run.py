@@ -17,17 +17,18 @@ from transformers import AutoProcessor, HfArgumentParser, set_seed
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
-from minivlm.data.collator import CaptionCollator, CaptionEpochCallback
-from minivlm.data.adapters import clean_caption_dataset, load_caption_dataset
+from minivlm.data.collator import CaptionCollator
+from minivlm.data.loading import caption_column_argument, load_dataset_splits
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features
 from minivlm.data.tokenizer import build_word_level_tokenizer
 
-from minivlm.evaluation.captioning import DEFAULT_DECODING, CaptionEvalCallback
+from minivlm.evaluation.captioning import DEFAULT_DECODING
 from .lora import apply_lora_from_args, check_lora_arguments, merge_into_trainer
 from .model_card import write_model_card
 from . import guards
 from .presets import PRESETS
-from .trainer import EXIT_STOPPED, GracefulStopCallback, MiniVLMTrainer, last_complete_checkpoint
+from .callbacks import CaptionEpochCallback, CaptionEvalCallback, GracefulStopCallback
+from .trainer import EXIT_STOPPED, MiniVLMTrainer, last_complete_checkpoint
 from .trainer import MiniVLMTrainingArguments as TrainingArguments
 
 
@@ -108,15 +109,25 @@ class DataArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Flags, or one YAML/JSON file; `--preset` (or `preset:` in the file) fills the defaults first."""
+    """Flags, after an optional YAML/JSON file: `train.py [config.yaml] [--flag value ...]`.
+
+    Precedence, lowest first: the built-in defaults, the preset (`--preset name`, `--preset=name`
+    or `preset:` in the file; the flag wins), the file's values, the flags.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), epilog=guards.CLI_EPILOG)
     file_values = {}
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
         import yaml
 
         file_values = yaml.safe_load(Path(argv[0]).read_text()) or {}
-        argv = []
+        if not isinstance(file_values, dict):
+            raise ValueError(f"{argv[0]} holds {type(file_values).__name__}; write one `name: value` line per argument.")
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(file_values) - known)
+        if unknown:
+            raise ValueError(f"{argv[0]}: unknown arguments {unknown}; use the flag names of --help, without the dashes.")
+        argv = argv[1:]
     preset_name = file_values.get("preset")
     preset_name = guards.preset_from_argv(argv, preset_name)
     defaults = {
@@ -132,45 +143,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     if preset_name is not None:
         if preset_name not in PRESETS:
             raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}.")
-        for key, value in PRESETS[preset_name].items():
-            defaults[key] = json.dumps(value) if isinstance(value, dict) else value
-    parser.set_defaults(**defaults)
-    if file_values:
-        merged = {**defaults, **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in file_values.items()}}
-        return parser.parse_dict(merged)
+        defaults.update(PRESETS[preset_name])
+    defaults.update(file_values)
+    # Defaults reach the dataclasses as given: JSON-valued arguments (the tiny configs) as strings.
+    parser.set_defaults(**{k: json.dumps(v) if isinstance(v, dict) else v for k, v in defaults.items()})
     return parser.parse_args_into_dataclasses(args=argv)
 
 
 def load_data(data_args: DataArguments, seed: int):
-    """The training split (and evaluation split, if any) in the uniform caption view, cleaned."""
-    source = data_args.dataset
-    if source == "shapes":
-        from minivlm.data.shapes import generate_shapes_dataset
-
-        source = data_args.shapes_dir
-        if not (Path(source) / "train" / "metadata.jsonl").is_file():
-            generate_shapes_dataset(
-                source, num_train=data_args.shapes_num_train, num_validation=data_args.shapes_num_eval,
-                num_test=data_args.shapes_num_eval, image_size=data_args.shapes_image_size, seed=seed,
-            )
-    columns = data_args.caption_column.split(",") if data_args.caption_column else None
-    if columns is not None and len(columns) == 1:
-        columns = columns[0]
-    common = dict(dataset_config=data_args.dataset_config, image_column=data_args.image_column,
-                  caption_column=columns, seed=seed)
-    train = load_caption_dataset(source, data_args.train_split, max_samples=data_args.max_train_samples, **common)
-    train = clean_caption_dataset(train, max_bad_fraction=data_args.max_bad_fraction, split_name=data_args.train_split)
-    evaluation = None
-    if data_args.eval_split:
-        try:
-            evaluation = load_caption_dataset(source, data_args.eval_split, max_samples=data_args.max_eval_samples, **common)
-        except ValueError as error:
-            logger.warning("No evaluation split: %s", error)
-        else:
-            evaluation = clean_caption_dataset(
-                evaluation, max_bad_fraction=data_args.max_bad_fraction, split_name=data_args.eval_split
-            )
-    return train, evaluation
+    """The training split and the evaluation split (or None), through the one data entry point:
+    the shapes set resolved (generated when missing), both cleaned, the evaluation split with the
+    shapes ``objects`` that ``eval_shapes_accuracy`` needs."""
+    return load_dataset_splits(
+        data_args.dataset, train_split=data_args.train_split, eval_split=data_args.eval_split,
+        max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
+        shapes_dir=data_args.shapes_dir, shapes_num_train=data_args.shapes_num_train,
+        shapes_num_eval=data_args.shapes_num_eval, shapes_image_size=data_args.shapes_image_size, seed=seed,
+        max_bad_fraction=data_args.max_bad_fraction, dataset_config=data_args.dataset_config,
+        image_column=data_args.image_column, caption_column=caption_column_argument(data_args.caption_column),
+    )
 
 
 def build_model(model_args: ModelArguments, train_dataset) -> tuple[MiniVLMForConditionalGeneration, MiniVLMProcessor]:

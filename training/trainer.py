@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +27,12 @@ import torch
 import transformers.trainer
 from peft import PeftModel
 from safetensors import safe_open
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.trainer_pt_utils import safe_globals
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .callbacks import GracefulStopCallback  # noqa: F401  (re-exported: it was defined here)
 from .lora import load_adapter_checkpoint
 
 
@@ -152,42 +152,6 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, needs_optimizer: boo
             return str(path)
         logger.warning("Skipping incomplete checkpoint %s: %s; falling back to an earlier one.", path, problem)
     return None
-
-
-class GracefulStopCallback(TrainerCallback):
-    """Turns SIGINT/SIGTERM into "save a checkpoint at the end of this step, then stop".
-
-    A second signal while stopping restores the default handler, so a stuck run can still
-    be killed with another Ctrl+C.
-    """
-
-    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
-        self.signals = signals
-        self.stop_requested = False
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.stop_requested:
-            for sig, handler in self._previous.items():
-                signal.signal(sig, handler)
-            raise KeyboardInterrupt
-        self.stop_requested = True
-        logger.warning("Received %s: saving a checkpoint after this step, then stopping.", signal.Signals(signum).name)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.stop_requested:
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-    def on_train_end(self, args, state, control, **kwargs):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 class _PushFilter:
