@@ -19,6 +19,7 @@ from transformers import set_seed
 
 from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
 from minivlm.configuration_minivlm import SMOLLM_360M, VIT_LARGE_PATCH16_224
+from minivlm.data.builder import configure_generation
 
 from .measure import PeakMemory, count_parameters, cpu_has_native_bf16, cpu_name, release_memory, timed
 from .notebook import NotebookMiniVLM
@@ -119,9 +120,7 @@ def build_minivlm(config: MiniVLMConfig, device: torch.device) -> MiniVLMForCond
     with torch.device(device):
         model = MiniVLMForConditionalGeneration(config)
     model.vision_tower.requires_grad_(False)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.eos_token_id
-    return model
+    return configure_generation(model)
 
 
 def random_captions(rng: random.Random, batch: int, config: MiniVLMConfig) -> list[list[int]]:

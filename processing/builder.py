@@ -51,12 +51,15 @@ def prepare_tokenizer(tokenizer, image_token: str = "<image>"):
     return tokenizer
 
 
-def configure_generation(model: MiniVLMForConditionalGeneration, tokenizer) -> MiniVLMForConditionalGeneration:
-    """Sets the generation config's EOS, pad (EOS when the tokenizer has none) and BOS from `tokenizer`."""
+def configure_generation(model: MiniVLMForConditionalGeneration, tokenizer=None) -> MiniVLMForConditionalGeneration:
+    """Sets the generation config's EOS, pad (EOS when there is none) and BOS from `tokenizer`, or,
+    without one (random models of the benchmark), from the text config's token ids."""
+    source = tokenizer if tokenizer is not None else model.config.text_config
+    eos, pad, bos = (getattr(source, f"{name}_token_id", None) for name in ("eos", "pad", "bos"))
     generation_config = model.generation_config
-    generation_config.eos_token_id = tokenizer.eos_token_id
-    generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    generation_config.bos_token_id = tokenizer.bos_token_id
+    generation_config.eos_token_id = eos
+    generation_config.pad_token_id = pad if pad is not None else eos
+    generation_config.bos_token_id = bos
     return model
 
 

@@ -239,5 +239,6 @@ def test_lora_run_refuses_to_resume_a_full_model_checkpoint(tmp_path, shapes_dir
     out = tmp_path / "out"
     train(*parse_args(tiny_argv(out, shapes_dir, "--max_steps", "2")))
     with pytest.raises(ValueError, match="cannot resume a LoRA run from .*checkpoint-2: it has no adapter_model.safetensors"):
+        # The changed configuration is reported first; resuming it anyway reaches the LoRA check.
         train(*parse_args(tiny_argv(out, shapes_dir, "--model_name_or_path", str(captioner_dir), "--lora", "true",
-                                    "--max_steps", "4")))
+                                    "--max_steps", "4", "--resume_changed_run", "true")))

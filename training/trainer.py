@@ -102,12 +102,14 @@ def checkpoint_problem(folder: str | os.PathLike, needs_optimizer: bool = True) 
     """Why `folder` is not a complete Trainer checkpoint, or None if it is.
 
     Complete means every file a resume reads is there and loads: `trainer_state.json`,
-    `config.json`, the safetensors weights (offsets checked against the file size) and, with
+    `config.json` (`adapter_config.json` for LoRA adapters), the safetensors weights (offsets checked against the file size) and, with
     `needs_optimizer`, `optimizer.pt`, `scheduler.pt` and the RNG state (`rng_state*.pth`),
     each opened the way the Trainer opens it (`torch.load(weights_only=True)`).
     """
     folder = Path(folder)
-    for name in (TRAINER_STATE, "config.json"):
+    # A LoRA checkpoint holds adapters (adapter_config.json + adapter_model.safetensors), no config.json.
+    model_config = "adapter_config.json" if (folder / "adapter_model.safetensors").is_file() else "config.json"
+    for name in (TRAINER_STATE, model_config):
         path = folder / name
         if not path.is_file():
             return f"{name} is missing (the save was cut short)"
