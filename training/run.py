@@ -22,7 +22,7 @@ from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_
 from minivlm.data.tokenizer import build_word_level_tokenizer
 
 from minivlm.evaluation.captioning import DEFAULT_DECODING, CaptionEvalCallback
-from .model_card import write_model_card
+from .model_card import card_examples, write_model_card
 from .presets import PRESETS
 from .trainer import GracefulStopCallback, MiniVLMTrainer, last_complete_checkpoint
 
@@ -292,8 +292,10 @@ def train(
         card_context["metrics"] = caption_eval.compute(trainer.model)
         card_context["decoding"] = {"split": data_args.eval_split, "images": len(caption_eval.dataset),
                                     **DEFAULT_DECODING, **caption_eval.decoding, "prompt": data_args.prompt}
+        card_context.update(card_examples(caption_eval.last_predictions, caption_eval.dataset))
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
+        write_model_card(training_args.output_dir, trainer=trainer, **card_context)  # a saved folder has its card
         trainer.save_state()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training")
