@@ -99,3 +99,16 @@ def test_wrong_uses_are_refused_with_the_fix(parts):
         encode_image_prefix(model, **batch)
     with pytest.raises(ValueError, match="no image tokens"):
         encode_image_prefix(model, processor(text="a cat")["input_ids"], other["pixel_values"])
+
+
+def test_prefix_cache_benchmark_times_both_answers_and_checks_the_tokens(monkeypatch, parts, capsys):
+    from minivlm.benchmark import prefix_cache
+
+    model, _ = parts
+    monkeypatch.setattr(prefix_cache, "build_model", lambda vision_layers, text_layers, device: model)
+    results = prefix_cache.main(["--repeats", "2", "--new_tokens", "3", "--question_tokens", "4"])
+    assert results["tokens_equal_uncached"]
+    assert all(len(results["all_seconds"][k]) == 2 for k in ("uncached", "first", "second", "encode"))
+    assert results["second_vs_first_speedup"] == results["first_s"] / results["second_s"] > 0
+    assert results["image_tokens"] == model.config.image_seq_length
+    assert "second answer, image prefix reused" in capsys.readouterr().out
