@@ -86,6 +86,9 @@ def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.B
             yield "", None, [], gr.Image(value=None, visible=False), ""
             return
         path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+        if not path:
+            raise gr.Error("The upload did not arrive as a file; upload or paste the image again.",
+                           title="Bad upload", print_exception=False)
         try:
             image = load_image_file(path)
         except ImageError as error:

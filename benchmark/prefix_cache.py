@@ -15,7 +15,9 @@ of exactly `--new_tokens` tokens (EOS suppressed), greedy, batch 1. Timed, best 
 - `second`: a further question about the same image, reusing that prefix;
 - `encode`: the prefix alone (`encode_image_prefix`).
 
-The second answer's tokens are checked against the uncached ones.
+The second answer's tokens are checked against the uncached ones. `main(argv)` is the command
+line (what a `--prefix_cache` flag of `scripts/benchmark.py` would call); `bench_prefix_cache`
+returns the numbers.
 """
 
 from __future__ import annotations

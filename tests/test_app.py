@@ -80,6 +80,22 @@ def test_draw_boxes_outlines_the_box_on_an_enlarged_copy():
     assert Box(0, 0, GRID, GRID).to_pixels(64, 32) == (0, 0, 64, 32)
 
 
+def test_boxes_in_an_answer_reach_the_page_drawn(monkeypatch):
+    gr = pytest.importorskip("gradio", reason="the page needs gradio: pip install -e '.[app]'")
+    from minivlm.app import ui
+
+    model, processor = make_chat_parts()
+    answer = "the red circle [100, 200, 300, 400] and the square [500, 500, 900, 700]"
+    monkeypatch.setattr(processor, "post_process_image_text_to_text", lambda ids, **kwargs: [answer])
+    chat = ChatModel(model, processor, max_new_tokens=3)
+    conversation = chat.new_conversation(make_images(1)[0])
+    reply = list(chat.stream(conversation, "where are they?"))[-1]
+    assert reply.text == answer and [b.label for b in reply.boxes] == ["red circle", "square"]
+    view = ui._boxes_view(conversation, reply)
+    assert isinstance(view, gr.Image) and view.visible
+    assert not ui._boxes_view(conversation, Reply("no boxes", [], 0.0, 1, False)).visible
+
+
 # -- uploads -------------------------------------------------------------------------------------
 def test_load_image_file_names_the_problem_and_the_fix(tmp_path):
     good = tmp_path / "good.png"
