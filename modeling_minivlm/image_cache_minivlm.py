@@ -116,7 +116,7 @@ def encode_image_prefix(
     )
     return ImagePrefix(
         input_ids=prefix_ids.to(model.device),
-        cache=outputs.cache,
+        cache=outputs.cache if getattr(outputs, "cache", None) is not None else outputs.past_key_values,
         pixel_values=pixel_values.to(model.device),
         image_hidden_states=getattr(outputs, "image_hidden_states", None),
     )
