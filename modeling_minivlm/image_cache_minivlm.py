@@ -181,7 +181,9 @@ class ImagePrefixCache:
 
     `generate(**processor(images=image, text=prompt), **generate_kwargs)` encodes the image on the
     first call and whenever the image (its `pixel_values`) or the text before it changes; every
-    other call reuses the prefix. `encodes` and `reuses` count both, for logs and tests.
+    other call reuses the prefix. A prompt that ends with the image (a caption from the image
+    alone) has nothing to feed past a cache and runs the ordinary way. `encodes` and `reuses`
+    count how often the image was encoded and reused, for logs and tests.
 
     Args:
         model: a `MiniVLMForConditionalGeneration`.
@@ -208,6 +210,15 @@ class ImagePrefixCache:
 
         Shapes as for [`encode_image_prefix`]; returns what [`generate_with_prefix`] returns.
         """
+        _check_single(input_ids)
+        if _image_prefix_length(self.model, input_ids) == input_ids.shape[1]:
+            # Nothing after the image (a captioner's prompt): no cache can serve it, so encoding a
+            # prefix would only double the work. The ordinary way encodes the image, as counted.
+            self.encodes += 1
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            return self.model.generate(input_ids=input_ids.to(self.model.device),
+                                       attention_mask=mask.to(self.model.device),
+                                       pixel_values=pixel_values.to(self.model.device), **generate_kwargs)
         if self.prefix is None or not self.prefix.matches(input_ids, pixel_values):
             self.prefix = encode_image_prefix(self.model, input_ids, pixel_values, attention_mask)
             self.encodes += 1

@@ -167,6 +167,8 @@ def test_a_captioner_only_captions():
     chat = ChatModel(model, processor, max_new_tokens=4)
     conversation = chat.new_conversation(make_images(1)[0])
     assert isinstance(list(chat.stream(conversation))[-1], Reply)
+    again = list(chat.stream(conversation, None, Decoding("beam search", 4)))[-1]
+    assert again.image_encoded  # a caption prompt ends with the image: nothing to reuse, and it says so
     with pytest.raises(ValueError, match="only captions .* instruction-tuned"):
         list(chat.stream(conversation, "what is it?"))
 

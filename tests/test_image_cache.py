@@ -80,8 +80,14 @@ def test_prefix_cache_encodes_each_image_once_and_a_new_image_again(parts):
 def test_prompt_ending_with_the_image_runs_uncached_and_still_matches(parts):
     model, processor = parts
     inputs = processor(images=make_images(1)[0], text="")  # a caption: nothing after the image
+    expected = model.generate(**inputs, max_new_tokens=4)
+    encoder_calls = []
+    model.vision_tower.register_forward_hook(lambda *args: encoder_calls.append(1))
     chat = ImagePrefixCache(model)
-    assert torch.equal(chat.generate(**inputs, max_new_tokens=4), model.generate(**inputs, max_new_tokens=4))
+    assert torch.equal(chat.generate(**inputs, max_new_tokens=4), expected)
+    assert len(encoder_calls) == 1 and (chat.encodes, chat.reuses) == (1, 0)  # not encoded twice, not "reused"
+    prefix = encode_image_prefix(model, **inputs)
+    assert torch.equal(generate_with_prefix(model, prefix, inputs["input_ids"], max_new_tokens=4), expected)
 
 
 def test_wrong_uses_are_refused_with_the_fix(parts):
