@@ -99,7 +99,7 @@ def test_training_pushes_a_loadable_repo_at_every_save(local_hub, shapes_dir, tm
     assert pickles == []  # no training_args.bin, optimizer, scheduler or RNG state: they stay local
     assert_no_secret(local_hub, tmp_path / "out")
     metadata = card_metadata(commits[-1]["files"]["README.md"])
-    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-to-text"
+    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-text-to-text"
     assert metadata["license"] == "apache-2.0" and "cider" in metadata["metrics"]
     readme = commits[-1]["files"]["README.md"].decode()
     assert 'pipeline("image-to-text", model="org/minivlm", trust_remote_code=True)' in readme

@@ -24,7 +24,7 @@ from minivlm.data.tokenizer import build_word_level_tokenizer
 
 from minivlm.evaluation.captioning import DEFAULT_DECODING
 from .lora import apply_lora_from_args, check_lora_arguments, merge_into_trainer
-from .model_card import write_model_card
+from .model_card import card_examples, write_model_card
 from . import guards
 from .presets import PRESETS
 from .callbacks import CaptionEpochCallback, CaptionEvalCallback, GracefulStopCallback
@@ -291,8 +291,10 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
         card_context["metrics"] = caption_eval.compute(trainer.model)
         card_context["decoding"] = {"split": data_args.eval_split, "images": len(caption_eval.dataset),
                                     **DEFAULT_DECODING, **caption_eval.decoding, "prompt": data_args.prompt}
+        card_context.update(card_examples(caption_eval.last_predictions, caption_eval.dataset))
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
+        write_model_card(training_args.output_dir, trainer=trainer, **card_context)  # a saved folder has its card
         trainer.save_state()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training")
