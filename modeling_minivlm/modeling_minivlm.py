@@ -24,6 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_minivlm import MiniVLMConfig
+from .image_cache_minivlm import ImagePrefix, encode_image_prefix, generate_with_prefix
 
 # Imported so that `save_pretrained` ships the pipeline file beside this one (transformers
 # copies a module's relative imports): config.custom_pipelines points at it.
@@ -482,6 +483,29 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         if vision_features is not None and (is_first_iteration or not kwargs.get("use_cache", True)):
             model_inputs["vision_features"] = vision_features
         return model_inputs
+
+    # -- one image, several questions ----------------------------------------------------------
+    @torch.no_grad()
+    def encode_image_prefix(
+        self, input_ids: torch.LongTensor, pixel_values: torch.FloatTensor, attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ImagePrefix:
+        """Encodes a prompt's image once and prefills the prompt up to its last image token.
+
+        `input_ids` `(1, seq)` and `pixel_values` `(1, 3, H, W)` come from one processor call
+        (`model.encode_image_prefix(**processor(images=image, text=prompt))`). The returned
+        [`ImagePrefix`] holds the KV cache of those positions and the projected image features;
+        pass it to [`generate_with_prefix`] for every question about this image.
+        """
+        return encode_image_prefix(self, input_ids, pixel_values, attention_mask, **kwargs)
+
+    def generate_with_prefix(
+        self, prefix: ImagePrefix, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """`generate()` for a prompt `(1, seq)` that starts with `prefix`: the encoder and the prefill
+        over the image do not run again. Tokens equal those of `generate(**processor(...))`."""
+        return generate_with_prefix(self, prefix, input_ids, attention_mask, **generate_kwargs)
 
 
 __all__ = [

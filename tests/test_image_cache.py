@@ -118,3 +118,16 @@ def test_prefix_cache_benchmark_times_both_answers_and_checks_the_tokens(monkeyp
     assert results["second_vs_first_speedup"] == results["first_s"] / results["second_s"] > 0
     assert results["image_tokens"] == model.config.image_seq_length
     assert "second answer, image prefix reused" in capsys.readouterr().out
+
+
+def test_the_model_exposes_the_prefix_cache_and_ships_it_as_remote_code(parts, tmp_path):
+    model, processor = parts
+    image = make_images(1)[0]
+    prefix = model.encode_image_prefix(**processor(images=image, text="the cat"))
+    inputs = processor(images=image, text="is the circle red")
+    reference = generate(model, **inputs)
+    cached = model.generate_with_prefix(prefix, inputs["input_ids"], inputs["attention_mask"], max_new_tokens=6,
+                                        output_logits=True, return_dict_in_generate=True)
+    assert_same_generation(reference, cached)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "image_cache_minivlm.py").is_file()  # copied beside modeling_minivlm.py for trust_remote_code
