@@ -45,7 +45,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def make_chat_parts(seed: int = 9):
+def make_chat_parts(seed: int = 1):
     """A tiny untied model (random untied weights write varied words; tied ones repeat the last
     token) and a processor with a role-based template."""
     tokenizer = build_word_level_tokenizer([WORDS + " user assistant : what colour is shape ?"])

@@ -89,7 +89,7 @@ def test_wheel_installs_in_a_fresh_venv_and_its_commands_train_evaluate_and_writ
     venv_dir = str((tmp_path / "venv").resolve())
     assert package.startswith(venv_dir) and template.startswith(venv_dir), (package, template)
     text = Path(work / readme).read_text()
-    assert "pipeline_tag: image-to-text" in text and "library_name: transformers" in text
+    assert "pipeline_tag: image-text-to-text" in text and "library_name: transformers" in text
     assert "# model" in text and "| cider | 0.5000 |" in text and "{{" not in text
 
 
@@ -116,7 +116,8 @@ def test_console_commands_return_nothing_so_they_exit_0():
     import tomllib
 
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(scripts) == {"minivlm-train", "minivlm-evaluate", "minivlm-demo", "minivlm-benchmark", "minivlm-convert"}
+    assert set(scripts) == {"minivlm-train", "minivlm-evaluate", "minivlm-demo", "minivlm-benchmark", "minivlm-convert",
+                            "minivlm-app"}
     for command, target in scripts.items():
         module, name = target.split(":")
         function = getattr(importlib.import_module(module), name)

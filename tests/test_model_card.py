@@ -95,6 +95,8 @@ def test_the_saved_folder_has_a_card_with_results_examples_and_time(shapes_dir, 
     assert len(cider) == 1 and cider[0].dataset_split == "validation" and cider[0].task_type == "image-to-text"
     assert "Steps: 2" in card.text and "the Trainer's train_runtime" in card.text
     assert "## Example outputs" in card.text and (tmp_path / "out" / "examples" / "example_0.png").is_file()
-    # Two steps from scratch: every caption is wrong, so the failure table is there.
-    assert "Known failure cases, the lowest-scoring predictions of the evaluation (word overlap" in card.text
+    # Two steps from scratch: every caption is wrong, so the failure table is there, ranked by the
+    # shapes scorer (the evaluation split carries the shapes' objects).
+    assert ("Known failure cases, the lowest-scoring predictions of the evaluation (colour and shape of every "
+            "object named right") in card.text
     assert (tmp_path / "out" / "examples" / "failure_0.png").is_file()
