@@ -9,18 +9,38 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, BatchFea
 from transformers.image_utils import load_image
 
 
-# One user turn: its images become `<image>` and its text follows. Assistant turns (training
-# targets) end with EOS. No generation prompt: a caption continues straight after the image,
-# as in training, so the prompt is the same in both.
+# Role-based, and built so that captioning is the one-turn case of chat. User (and system) turns
+# render their parts where the messages put them: `<image>` for an image, the text as it is.
+# An assistant turn is its text followed by EOS, between `{% generation %}` markers (what
+# `return_assistant_tokens_mask` and the training loss cover); it is joined to a preceding user
+# text by one space (inside the markers: byte-level BPEs then see " word" tokens, as in training).
+# The generation prompt is empty on purpose: an answer starts right after the user's turn, the
+# way a caption starts right after the image, so `[user: image]` renders to `<image>` exactly as
+# `processor(images=...)` does, and `[user: image + "a photo of"]` to `<image>a photo of`. EOS,
+# closing each assistant turn, is what separates the turns of a multi-turn chat.
 DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
-    "{% endfor %}"
+    "{%- set ns = namespace(after_text=false) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}"
+    "{%- for part in parts if part['type'] == 'text' -%}"
+    "{%- if loop.first and ns.after_text and not part['text'].startswith((' ', '\\n')) %} {% endif -%}"
+    "{{- part['text'] -}}"
+    "{%- endfor -%}"
+    "{{- eos_token -}}"
+    "{%- endgeneration -%}"
+    "{%- set ns.after_text = false -%}"
+    "{%- else -%}"
+    "{%- for part in parts -%}"
+    "{%- if part['type'] == 'image' -%}<image>{%- set ns.after_text = false -%}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- set ns.after_text = part['text'] | length > 0 -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if message['role'] == 'system' -%}{{- '\\n' -}}{%- set ns.after_text = false -%}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
 )
 
 
@@ -176,10 +196,19 @@ class MiniVLMProcessor(ProcessorMixin):
         if isinstance(text, str):
             text = [text]
         data = {}
+        # apply_chat_template(return_assistant_tokens_mask=True) asks for token offsets and for where the
+        # `<image>` placeholders were expanded, to map its character spans onto the tokens.
+        return_offsets = kwargs.pop("return_offsets_mapping", False)
+        return_replacements = kwargs.pop("return_text_replacement_offsets", False)
+        replacements = []
         if images is not None:
             images = self._prepare_images(images)
             if text is None:
                 text = [""] * len(images)
+            for original in text:
+                at = original.find(self.image_token)
+                span = (at, at + len(self.image_token)) if at >= 0 else (0, 0)
+                replacements.append([{"span": span, "new_span": (span[0], span[0] + len(self.image_token) * self.image_seq_length)}])
             text = self._expand_image_tokens(list(text), len(images))
             image_kwargs = {k: v for k, v in kwargs.items() if k in ("size", "do_resize", "do_normalize")}
             data.update(self.image_processor(images, return_tensors=return_tensors, **image_kwargs))
@@ -188,8 +217,11 @@ class MiniVLMProcessor(ProcessorMixin):
         if padding is None:
             padding = len(text) > 1
         text_inputs = self.tokenizer(
-            text, padding=padding, truncation=truncation, max_length=max_length, return_tensors=return_tensors
+            text, padding=padding, truncation=truncation, max_length=max_length, return_tensors=return_tensors,
+            return_offsets_mapping=return_offsets,
         )
+        if return_replacements:
+            data["text_replacement_offsets"] = replacements
         if truncation and images is not None:
             counts = [list(ids).count(self.image_token_id) for ids in text_inputs["input_ids"]]
             if any(count != self.image_seq_length for count in counts):

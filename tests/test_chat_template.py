@@ -1,0 +1,104 @@
+"""The role-based chat template and the conversation collator: assistant tokens only in the loss,
+every turn, EOS after each; a caption example is the one-turn case and tokenises as before."""
+
+import pytest
+import torch
+from conftest import make_images
+
+from minivlm.data.collator import CaptionCollator, ConversationCollator, caption_conversation
+
+
+def chat(image=None):
+    first = [{"type": "image"} if image is None else {"type": "image", "image": image},
+             {"type": "text", "text": "what colour is the circle"}]
+    return [
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        {"role": "user", "content": [{"type": "text", "text": "how many shapes"}]},
+        {"role": "assistant", "content": "two"},
+    ]
+
+
+def test_template_places_roles_images_and_eos(processor):
+    text = processor.apply_chat_template(chat(), tokenize=False)
+    assert text == "<image>what colour is the circle red<eos>how many shapes two<eos>"
+    question = processor.apply_chat_template(chat()[:3], add_generation_prompt=True, tokenize=False)
+    assert question == "<image>what colour is the circle red<eos>how many shapes"
+    # An image after the text goes where the message puts it; a system turn ends with a newline.
+    later = [{"role": "system", "content": "be brief"},
+             {"role": "user", "content": [{"type": "text", "text": "this"}, {"type": "image"}]}]
+    assert processor.apply_chat_template(later, add_generation_prompt=True, tokenize=False) == "be brief\nthis<image>"
+
+
+def test_caption_conversation_renders_the_inference_prompt(processor):
+    for prompt in ("", "this image shows"):
+        rendered = processor.apply_chat_template(caption_conversation(None, prompt), add_generation_prompt=True)
+        assert rendered == "<image>" + prompt
+
+
+def test_assistant_tokens_mask_marks_every_answer_and_its_eos(processor, tokenizer):
+    out = processor.apply_chat_template(
+        chat(make_images(1)[0]), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        return_tensors="pt",
+    )
+    ids, mask = out["input_ids"][0], out["assistant_masks"][0].bool()
+    assert tokenizer.convert_ids_to_tokens(ids[mask].tolist()) == ["red", "<eos>", "two", "<eos>"]
+    assert (ids == processor.image_token_id).sum() == processor.image_seq_length
+    assert not mask[ids == processor.image_token_id].any()
+
+
+def test_collator_labels_cover_assistant_turns_only_across_turns(processor, tokenizer):
+    collator = ConversationCollator(processor)
+    image = make_images(1)[0]
+    batch = collator([{"messages": chat(), "images": [image], "id": "c0"}])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    targets = labels[labels != -100].tolist()
+    assert tokenizer.convert_ids_to_tokens(targets) == ["red", "<eos>", "two", "<eos>"]
+    # The same tokens and the same assistant positions as the processor's template path.
+    reference = processor.apply_chat_template(chat(image), tokenize=True, return_dict=True,
+                                              return_assistant_tokens_mask=True, return_tensors="pt")
+    assert ids.tolist() == reference["input_ids"][0].tolist()
+    assert (labels != -100).tolist() == reference["assistant_masks"][0].bool().tolist()
+    torch.testing.assert_close(batch["pixel_values"], reference["pixel_values"])
+
+
+def test_loss_is_the_mean_over_the_assistant_tokens_of_every_turn(processor, model):
+    collator = ConversationCollator(processor)
+    batch = collator([{"messages": chat(), "images": make_images(1), "id": "c0"}])
+    windowed = model(**batch)
+    full = model(**{k: v for k, v in batch.items() if k != "logits_to_keep"})
+    logits, targets = full.logits[0, :-1], batch["labels"][0, 1:]
+    keep = targets != -100
+    assert keep.sum() == 4  # red, <eos>, two, <eos>
+    manual = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    torch.testing.assert_close(full.loss, manual)
+    torch.testing.assert_close(windowed.loss, manual)
+
+
+def test_caption_and_conversation_rows_mix_in_one_batch(processor, tokenizer):
+    collator = CaptionCollator(processor, seed=0)
+    images = make_images(2)
+    batch = collator([{"image": images[0], "captions": ["a red circle"], "id": "x"},
+                      {"messages": chat(), "images": [images[1]], "id": "c"}])
+    assert batch["pixel_values"].shape[0] == 2
+    first = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert first == tokenizer("a red circle", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    # logits_to_keep reaches back to the earliest target of the batch (the caption's).
+    assert batch["logits_to_keep"] == batch["input_ids"].shape[1] - processor.image_seq_length + 1
+
+
+def test_each_assistant_turn_is_cut_with_its_eos_kept(processor, tokenizer):
+    collator = ConversationCollator(processor, max_caption_tokens=3)
+    messages = chat()
+    messages[1]["content"][0]["text"] = "a red circle on the left"
+    labels = collator([{"messages": messages, "images": make_images(1), "id": "c"}])["labels"][0]
+    targets = tokenizer.convert_ids_to_tokens(labels[labels != -100].tolist())
+    assert targets == ["a", "red", "<eos>", "two", "<eos>"]
+
+
+def test_image_count_must_match_the_image_parts(processor):
+    collator = ConversationCollator(processor)
+    with pytest.raises(ValueError, match="2 image\\(s\\) for 1 image part"):
+        collator([{"messages": chat(), "images": make_images(2), "id": "c"}])
+    with pytest.raises(ValueError, match="at least one assistant turn"):
+        collator([{"messages": chat()[:1], "images": make_images(1), "id": "c"}])
