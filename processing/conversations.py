@@ -380,3 +380,15 @@ def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, dat
         except ValueError as error:
             logger.warning("No evaluation split: %s", error)
     return train, evaluation
+
+
+def load_eval_questions(data_args: Any, max_images: int | None) -> datasets.Dataset | None:
+    """Questions of the evaluation split of the first `--dataset` for the evaluation callback, or None
+    (no evaluation split, or a split without questions)."""
+    from minivlm.evaluation.answering import load_questions
+
+    formats = _split_list(data_args.dataset_format)
+    if not data_args.eval_split or all(f == "captions" for f in formats):
+        return None  # a captioner: no questions to ask it
+    name = _split_list(data_args.dataset)[0]
+    return load_questions(data_args.shapes_dir if name == "shapes" else name, data_args.eval_split, max_images)

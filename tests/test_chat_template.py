@@ -102,3 +102,23 @@ def test_image_count_must_match_the_image_parts(processor):
         collator([{"messages": chat(), "images": make_images(2), "id": "c"}])
     with pytest.raises(ValueError, match="at least one assistant turn"):
         collator([{"messages": chat()[:1], "images": make_images(1), "id": "c"}])
+
+
+def test_image_text_to_text_pipeline_keeps_multi_turn_history(saved_model_dir):
+    from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+    chat_pipeline = pipeline("image-text-to-text", model=str(saved_model_dir), trust_remote_code=True)
+    image = make_images(1)[0]
+    history = chat(image)[:3]  # question, answer, next question
+    out = chat_pipeline(text=history, max_new_tokens=3)[0]["generated_text"]
+    assert [m["role"] for m in out] == ["user", "assistant", "user", "assistant"]  # the reply joins the history
+
+    model = AutoModelForImageTextToText.from_pretrained(saved_model_dir).eval()
+    processor = AutoProcessor.from_pretrained(saved_model_dir)
+    prompt = processor.apply_chat_template(history, add_generation_prompt=True)
+    assert prompt == "<image>what colour is the circle red<eos>how many shapes"  # the earlier turns are kept
+    inputs = processor(images=image, text=prompt)
+    ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    expected = processor.post_process_image_text_to_text(ids[:, inputs["input_ids"].shape[1]:])[0]
+    reply = out[-1]["content"]
+    assert (reply if isinstance(reply, str) else reply[0]["text"]) == expected

@@ -70,3 +70,15 @@ PRESETS: dict[str, dict] = {
         "logging_steps": 10,
     },
 }
+
+# shapes-tiny taught to caption, answer questions and ground objects (the demo's): each training
+# image comes once as a caption example and once as a multi-turn conversation of its questions
+# (objects, colour, count, yes/no, where, and its box on the 0-1000 grid).
+PRESETS["shapes-instruct"] = {
+    **PRESETS["shapes-tiny"],
+    "dataset": "shapes",
+    "dataset_format": "captions,shapes-questions",
+    "max_caption_tokens": 16,
+    # Caption rows (~27 tokens) and question conversations (~115) in separate batches: less padding.
+    "train_sampling_strategy": "group_by_length",
+}

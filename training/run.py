@@ -18,6 +18,7 @@ from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
 from minivlm.data.collator import CaptionCollator, CaptionEpochCallback
 from minivlm.data.adapters import clean_caption_dataset, load_caption_dataset
+from minivlm.data.conversations import load_eval_questions, load_training_data, training_texts
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features
 from minivlm.data.tokenizer import build_word_level_tokenizer
 
@@ -89,6 +90,15 @@ class DataArguments:
                           "(eval_cider works with --metric_for_best_model); the final scores go in the model card."},
     )
     prompt: str = field(default="", metadata={"help": "Text between image and caption, the same at inference."})
+    dataset_format: str | None = field(
+        default=None,
+        metadata={"help": "Format of each --dataset (comma-separated): auto, captions, chat, llava, cauldron, vqa, "
+                          "shapes-questions. Set it (or give several datasets) to train on conversations."},
+    )
+    dataset_weights: str | None = field(
+        default=None, metadata={"help": "Sampling weights of the datasets, comma-separated (default: all rows once)."}
+    )
+    image_folder: str | None = field(default=None, metadata={"help": "Where LLaVA JSON image paths are relative to."})
     shapes_dir: str = field(default="data/shapes", metadata={"help": "Where the shapes set is generated."})
     shapes_num_train: int = field(default=3000)
     shapes_num_eval: int = field(default=200)
@@ -132,6 +142,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 
 def load_data(data_args: DataArguments, seed: int):
     """The training split (and evaluation split, if any) in the uniform caption view, cleaned."""
+    if data_args.dataset_format or "," in data_args.dataset:
+        return load_training_data(data_args, seed)  # conversations, mixtures
     source = data_args.dataset
     if source == "shapes":
         from minivlm.data.shapes import generate_shapes_dataset
@@ -178,7 +190,7 @@ def build_model(model_args: ModelArguments, train_dataset) -> tuple[MiniVLMForCo
             raise ValueError("a tiny model needs both --tiny_vision_config and --tiny_text_config.")
         vision_config = json.loads(model_args.tiny_vision_config)
         text_config = json.loads(model_args.tiny_text_config)
-        tokenizer = build_word_level_tokenizer(c for captions in train_dataset["captions"] for c in captions)
+        tokenizer = build_word_level_tokenizer(training_texts(train_dataset))
         text_config.update(
             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
@@ -265,6 +277,7 @@ def train(
         caption_eval = CaptionEvalCallback(
             processor, eval_dataset, max_samples=data_args.caption_eval_samples, prompt=data_args.prompt,
             batch_size=training_args.per_device_eval_batch_size,
+            questions=load_eval_questions(data_args, data_args.caption_eval_samples),
         )
         extra_callbacks.insert(0, caption_eval)  # before any early stopping that reads its metrics
     trainer = MiniVLMTrainer(
