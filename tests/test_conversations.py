@@ -124,3 +124,24 @@ def test_mixture_with_weights_is_seeded_and_collates(processor):
     assert "a red circle" in texts and "how many two" in texts
     with pytest.raises(ValueError, match="one non-negative weight per dataset"):
         mix_datasets([captions, vqa], [1.0])
+
+
+def test_train_script_mixes_captions_and_questions_then_continues_from_the_checkpoint(tmp_path):
+    from test_training import tiny_argv
+
+    from minivlm.data.shapes import generate_shapes_dataset
+    from minivlm.training.run import parse_args, train
+
+    shapes = str(generate_shapes_dataset(tmp_path / "shapes", num_train=8, num_validation=4, num_test=0, image_size=32))
+    first = train(*parse_args(tiny_argv(tmp_path / "stage1", shapes, "--max_steps", "2",
+                                        "--dataset_format", "captions,shapes-questions",
+                                        "--dataset_weights", "0.5,0.5", "--caption_eval_samples", "2")))
+    assert len(first.train_dataset) >= 16  # both views of the 8 images, sampled until each is used up
+    assert first.processing_class.tokenizer.convert_tokens_to_ids("locate") != first.processing_class.tokenizer.unk_token_id
+    first.create_model_card()
+    card = (tmp_path / "stage1" / "README.md").read_text()
+    assert "vqa_accuracy" in card and "box_accuracy" in card  # the callback's answer scores reach the card
+    # The second stage: questions only, from the first stage's folder.
+    second = train(*parse_args(tiny_argv(tmp_path / "stage2", shapes, "--max_steps", "2", "--dataset_format",
+                                         "shapes-questions", "--model_name_or_path", str(tmp_path / "stage1"))))
+    assert second.state.global_step == 2 and all(len(row["messages"]) > 0 for row in second.train_dataset)
