@@ -26,7 +26,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from minivlm.processing_minivlm import MiniVLMProcessor, to_rgb
 
 
-__all__ = ["choose_caption", "caption_conversation", "ConversationCollator", "CaptionCollator", "CaptionEpochCallback"]
+__all__ = ["choose_caption", "caption_conversation", "caption_and_questions", "ConversationCollator", "CaptionCollator", "CaptionEpochCallback"]
 
 
 def choose_caption(captions: list[str], seed: int, epoch: int, example_id: str) -> str:
@@ -48,8 +48,42 @@ def caption_conversation(caption: str | None, prompt: str = "") -> list[dict[str
 
 
 def is_conversation(example: dict[str, Any]) -> bool:
-    """True for a conversation row (`messages`), False for a caption row (`captions`)."""
-    return bool(example.get("messages")) and not example.get("captions")
+    """True for a row with `messages` (a conversation, or captions and questions), False for a caption row."""
+    return bool(example.get("messages"))
+
+
+def _turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The messages as turns: each user message with the assistant messages that follow it."""
+    turns: list[list[dict[str, Any]]] = []
+    for message in messages:
+        if message["role"] != "assistant" or not turns:
+            turns.append([])
+        turns[-1].append(message)
+    return turns
+
+
+def caption_and_questions(
+    captions: list[str], messages: list[dict[str, Any]], seed: int, epoch: int, example_id: str, prompt: str = ""
+) -> list[dict[str, Any]]:
+    """One image's caption and its question turns as one conversation, in an order drawn per epoch.
+
+    The caption turn (user: `prompt`, assistant: this epoch's reference, `choose_caption`) joins the
+    question turns of `messages` (whose single image part is in the first user turn); the turns are
+    shuffled with a pure function of (seed, epoch, id) and the image goes at the start of whichever
+    turn comes first. So each turn type is sometimes asked right after the image, as at inference
+    (a caption first is exactly a caption example), and the image is encoded once for all of them.
+    """
+    caption = choose_caption(captions, seed, epoch, example_id)
+    turns = [[{"role": "user", "content": [{"type": "text", "text": prompt}] if prompt else []},
+              {"role": "assistant", "content": [{"type": "text", "text": caption}]}]]
+    for turn in _turns(messages):
+        user, *rest = turn
+        parts = [part for part in _content_parts(user) if part.get("type") != "image"]
+        turns.append([{"role": user["role"], "content": parts}, *rest])
+    random.Random(f"{seed}/{epoch}/{example_id}/order").shuffle(turns)
+    first = turns[0][0]
+    turns[0][0] = {"role": first["role"], "content": [{"type": "image"}, *first["content"]]}
+    return [message for turn in turns for message in turn]
 
 
 def _content_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -66,8 +100,9 @@ def count_image_parts(messages: list[dict[str, Any]]) -> int:
 class ConversationCollator:
     """Turns conversation and caption examples (mixed freely) into a training batch.
 
-    Examples are conversations `{"messages", "images", ...}` or captions `{"image", "captions", "id"}`
-    (see the module docstring). Each sequence is the rendered conversation, every `<image>` expanded
+    Examples are conversations `{"messages", "images", ...}`, captions `{"image", "captions", "id"}`
+    (see the module docstring), or both at once: an image's captions and its question turns
+    (`{"captions", "messages", "images", "id"}`, see `caption_and_questions`). Each sequence is the rendered conversation, every `<image>` expanded
     to `image_seq_length` image tokens; each assistant turn is cut to `max_caption_tokens` tokens
     with its EOS always last. Returns `input_ids`, `attention_mask`, `labels` `(batch, seq)`, right
     padded to the batch's longest sequence (labels -100 everywhere but on assistant tokens),
@@ -104,6 +139,9 @@ class ConversationCollator:
 
     def messages(self, example: dict[str, Any]) -> list[dict[str, Any]]:
         """The example as a conversation; a caption example gets this epoch's reference."""
+        if is_conversation(example) and example.get("captions"):
+            return caption_and_questions(example["captions"], example["messages"], self.seed, self.epoch,
+                                         str(example["id"]), self.prompt)
         if is_conversation(example):
             return example["messages"]
         caption = choose_caption(example["captions"], self.seed, self.epoch, str(example["id"]))
@@ -181,7 +219,7 @@ class ConversationCollator:
     def example_length(self, example: dict[str, Any]) -> int:
         """The training-sequence length of a caption or conversation example (no image is decoded)."""
         if is_conversation(example):
-            return len(self.encode(example["messages"])[0])
+            return len(self.encode(self.messages(example))[0])
         return self.sequence_length(example["captions"])
 
     def add_length_column(self, dataset, column: str = "length"):

@@ -15,7 +15,8 @@ Adapters (each returns that view):
   go with the first question),
 - `from_vqa`: VQA columns (``question`` + ``answer``, or ``answers``: a list of strings or of
   ``{"answer": ...}`` dicts, VQAv2 style; the most frequent answer is the target),
-- `from_shapes_questions`: the questions the synthetic shapes set writes in its metadata.
+- `from_shapes_questions`: the questions the synthetic shapes set writes in its metadata;
+  `from_shapes_instruct`: its captions and questions together, one row per image.
 
 Caption sources stay in the caption view of `minivlm.data.adapters` (``image``, ``captions``,
 ``id``): the collator turns each into a one-turn conversation with a reference drawn per epoch.
@@ -36,7 +37,7 @@ import datasets
 
 __all__ = [
     "MESSAGES", "CONVERSATION_FEATURES", "FORMATS", "detect_format", "from_chat", "from_llava", "from_cauldron",
-    "from_vqa", "from_shapes_questions", "to_conversations", "clean_conversations", "to_training_view",
+    "from_vqa", "from_shapes_questions", "from_shapes_instruct", "to_conversations", "clean_conversations", "to_training_view",
     "mix_datasets", "training_texts",
 ]
 
@@ -49,7 +50,7 @@ CONVERSATION_FEATURES = datasets.Features(
     {"messages": MESSAGES, "images": datasets.List(datasets.Image()), "id": datasets.Value("string")}
 )
 TRAINING_FEATURES = datasets.Features({**CONVERSATION_FEATURES, "captions": datasets.List(datasets.Value("string"))})
-FORMATS = ("captions", "chat", "llava", "cauldron", "vqa", "shapes-questions")
+FORMATS = ("captions", "chat", "llava", "cauldron", "vqa", "shapes-questions", "shapes-instruct")
 _LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -194,6 +195,23 @@ def from_shapes_questions(ds: datasets.Dataset, max_turns: int | None = None) ->
     return ds.map(convert, batched=True, remove_columns=ds.column_names, features=CONVERSATION_FEATURES)
 
 
+def from_shapes_instruct(ds: datasets.Dataset) -> datasets.Dataset:
+    """The shapes set's imagefolder split as one row per image with its captions AND its questions (the
+    training view, `TRAINING_FEATURES`): the collator joins them into one conversation per epoch, the
+    caption among the questions (see `minivlm.data.collator.caption_and_questions`)."""
+    from minivlm.data.shapes import shapes_conversation
+
+    _require(ds, ["image", "questions", "captions"], "shapes-instruct")
+
+    def convert(batch):
+        return {"messages": [shapes_conversation(q) for q in batch["questions"]],
+                "images": [[image] for image in batch["image"]], "captions": batch["captions"],
+                "id": [str(i) for i in batch["id"]]}
+
+    raw = ds.cast_column("image", datasets.Image(decode=False))
+    return raw.map(convert, batched=True, remove_columns=raw.column_names, features=TRAINING_FEATURES)
+
+
 def _require(ds: datasets.Dataset, columns: list[str], fmt: str) -> None:
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
@@ -221,6 +239,7 @@ def to_conversations(ds: datasets.Dataset, fmt: str = "auto", image_folder: str 
     """Any supported instruction dataset in the conversation view (`fmt`: one of `FORMATS` or "auto")."""
     fmt = detect_format(ds) if fmt == "auto" else fmt
     adapters = {"chat": from_chat, "cauldron": from_cauldron, "vqa": from_vqa, "shapes-questions": from_shapes_questions,
+                "shapes-instruct": from_shapes_instruct,
                 "llava": lambda d: from_llava(d, image_folder)}
     if fmt not in adapters:
         raise ValueError(f"format {fmt!r} is not a conversation format; choose one of {', '.join(adapters)} "
@@ -363,7 +382,7 @@ def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, dat
                                           caption_column=columns[0] if columns and len(columns) == 1 else columns,
                                           max_samples=max_samples, seed=seed)
                 return clean_caption_dataset(ds, max_bad_fraction=data_args.max_bad_fraction, split_name=split)
-            if fmt == "shapes-questions" and "questions" not in raw.column_names:
+            if fmt.startswith("shapes-") and "questions" not in raw.column_names:
                 raise ValueError(f"{name} has no questions: it was written by an older version of the shapes set; "
                                  "delete the folder (or pick another --shapes_dir) to generate it again.")
             ds = to_conversations(raw, fmt, image_folder=data_args.image_folder)

@@ -122,3 +122,27 @@ def test_image_text_to_text_pipeline_keeps_multi_turn_history(saved_model_dir):
     expected = processor.post_process_image_text_to_text(ids[:, inputs["input_ids"].shape[1]:])[0]
     reply = out[-1]["content"]
     assert (reply if isinstance(reply, str) else reply[0]["text"]) == expected
+
+
+def test_caption_and_questions_share_one_image_in_an_order_drawn_per_epoch(processor):
+    from minivlm.data.collator import caption_and_questions
+
+    questions = chat()
+    orders = [caption_and_questions(["a red circle", "the red circle"], questions, 0, epoch, "i7") for epoch in range(12)]
+    assert orders[3] == caption_and_questions(["a red circle", "the red circle"], questions, 0, 3, "i7")
+    assert len({str(o) for o in orders}) > 1
+    for messages in orders:
+        assert len(messages) == 6 and [m["role"] for m in messages] == ["user", "assistant"] * 3
+        assert [p["type"] for m in messages if isinstance(m["content"], list) for p in m["content"]].count("image") == 1
+        assert messages[0]["content"][0]["type"] == "image"
+    # With the caption turn first, the sequence starts exactly as a caption example does.
+    collator = ConversationCollator(processor)
+    first = next(o for o in orders if o[1]["content"] != "two" and o[1]["content"][0]["text"] in ("a red circle", "the red circle"))
+    caption = first[1]["content"][0]["text"]
+    ids, _ = collator.encode(first)
+    single, _ = collator.encode(caption_conversation(caption))
+    assert ids[: len(single)] == single
+    row = {"captions": ["a red circle"], "messages": questions, "images": make_images(1), "id": "i7"}
+    batch = collator([row])
+    assert batch["pixel_values"].shape[0] == 1
+    assert (batch["labels"] != -100).sum() == len(collator.caption_ids("a red circle")) + 4

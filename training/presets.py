@@ -71,14 +71,13 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-# shapes-tiny taught to caption, answer questions and ground objects (the demo's): each training
-# image comes once as a caption example and once as a multi-turn conversation of its questions
-# (objects, colour, count, yes/no, where, and its box on the 0-1000 grid).
+# shapes-tiny taught to caption, answer questions and ground objects (the demo's): one row per
+# training image holds its captions and its questions (objects, colour, count, yes/no, where, and
+# its box on the 0-1000 grid); each epoch the collator draws a caption and shuffles it among the
+# question turns, so the image is encoded once for all of them.
 PRESETS["shapes-instruct"] = {
     **PRESETS["shapes-tiny"],
     "dataset": "shapes",
-    "dataset_format": "captions,shapes-questions",
-    "max_caption_tokens": 16,
-    # Caption rows (~27 tokens) and question conversations (~115) in separate batches: less padding.
-    "train_sampling_strategy": "group_by_length",
+    "dataset_format": "shapes-instruct",
+    "num_train_epochs": 10,
 }
