@@ -146,3 +146,35 @@ def test_caption_and_questions_share_one_image_in_an_order_drawn_per_epoch(proce
     batch = collator([row])
     assert batch["pixel_values"].shape[0] == 1
     assert (batch["labels"] != -100).sum() == len(collator.caption_ids("a red circle")) + 4
+
+
+def test_byte_level_bpe_tokenises_conversations_as_at_inference(processor):
+    """The notebook's LM (SmolLM) has a byte-level BPE: spaces belong to the next word (" red"). The
+    collator's pieces must give the same ids as the processor on the whole rendered text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from minivlm.processing_minivlm import MiniVLMProcessor
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = ["what colour is the circle red", "how many shapes two", "a red circle on the left"] * 20
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>",
+                                        padding_side="left")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    bpe = MiniVLMProcessor(processor.image_processor, tokenizer, image_seq_length=processor.image_seq_length)
+    image = make_images(1)[0]
+    batch = ConversationCollator(bpe)([{"messages": chat(), "images": [image], "id": "c"}])
+    reference = bpe.apply_chat_template(chat(image), tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True, return_tensors="pt")
+    assert batch["input_ids"][0].tolist() == reference["input_ids"][0].tolist()
+    assert (batch["labels"][0] != -100).tolist() == reference["assistant_masks"][0].bool().tolist()
+    answer = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert tokenizer.decode(answer) == " red<eos> two<eos>"  # the answers carry their leading space
+    # A caption example: the prompt the processor builds, then " caption" + EOS.
+    caption_batch = ConversationCollator(bpe, prompt="a red")([{"image": image, "captions": ["circle"], "id": "x"}])
+    prompt_ids = bpe(images=image, text="a red")["input_ids"][0].tolist()
+    assert caption_batch["input_ids"][0].tolist() == prompt_ids + tokenizer(" circle")["input_ids"] + [tokenizer.eos_token_id]
