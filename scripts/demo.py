@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     chat = pipeline("image-text-to-text", model=str(model_dir), trust_remote_code=True)
     first = [{"role": "user", "content": [{"type": "image", "image": questions[0]["image"]},
                                           {"type": "text", "text": questions[0]["question"]}]}]
-    reply = chat(text=first, max_new_tokens=16, return_full_text=False)[0]["generated_text"]
+    reply = chat(text=first, max_new_tokens=16, return_full_text=False)[0]["generated_text"].strip()
     assert reply == answers[0]["prediction"], "the image-text-to-text pipeline and batched answers disagree"
 
     print("\nheld-out captions (untrained -> trained | a reference):")
