@@ -218,6 +218,8 @@ class ConversationCollator:
 
     def example_length(self, example: dict[str, Any]) -> int:
         """The training-sequence length of a caption or conversation example (no image is decoded)."""
+        if is_conversation(example) and example.get("captions"):
+            return len(self.encode_packed(example)[0])
         if is_conversation(example):
             return len(self.encode(self.messages(example))[0])
         return self.sequence_length(example["captions"])
@@ -233,25 +235,76 @@ class ConversationCollator:
 
     # ------------------------------------------------------------------ batches
 
+    def encode_packed(self, example: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int]]:
+        """An image's caption and questions as single-turn examples packed into one sequence.
+
+        Each turn is encoded as its own one-turn conversation (image, then its text and answer); the
+        image tokens are kept once, and each turn's tokens follow with the positions they have in
+        their own example. Returns `(input_ids, labels, position_ids, segments)`: segment 0 is the
+        shared image prefix, segment k the k-th turn; `text_batch` lets a turn see only the prefix
+        and itself, so its logits are exactly those of the single-turn example (the image is
+        encoded once for all of them, and no answer can be read off another).
+        """
+        caption = choose_caption(example["captions"], self.seed, self.epoch, str(example["id"]))
+        conversations = [caption_conversation(caption, self.prompt)]
+        for user, *rest in _turns(example["messages"]):
+            parts = [part for part in _content_parts(user) if part.get("type") != "image"]
+            conversations.append([{"role": user["role"], "content": [{"type": "image"}, *parts]}, *rest])
+        ids, labels = self.encode(conversations[0])
+        image_id = self.processor.image_token_id
+        prefix = max(i for i, token in enumerate(ids) if token == image_id) + 1
+        positions, segments = list(range(len(ids))), [0] * prefix + [1] * (len(ids) - prefix)
+        for segment, conversation in enumerate(conversations[1:], start=2):
+            turn_ids, turn_labels = self.encode(conversation)
+            ids += turn_ids[prefix:]
+            labels += turn_labels[prefix:]
+            positions += list(range(prefix, len(turn_ids)))
+            segments += [segment] * (len(turn_ids) - prefix)
+        return ids, labels, positions, segments
+
     def text_batch(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """`input_ids`, `attention_mask`, `labels` `(batch, seq)` and `logits_to_keep` for the examples."""
-        encoded = [self.encode(self.messages(example)) for example in examples]
-        length = max(len(ids) for ids, _ in encoded)
+        """`input_ids`, `attention_mask`, `labels` `(batch, seq)` and `logits_to_keep` for the examples.
+
+        A batch with packed rows (captions and questions of one image, see `encode_packed`) gets a
+        4D `attention_mask` `(batch, 1, seq, seq)` (0 where a position may look, -inf elsewhere) and
+        `position_ids` `(batch, seq)`.
+        """
+        rows = []
+        for example in examples:
+            if is_conversation(example) and example.get("captions"):
+                rows.append(self.encode_packed(example))
+            else:
+                ids, label = self.encode(self.messages(example))
+                rows.append((ids, label, list(range(len(ids))), [1] * len(ids)))
+        packed = any(is_conversation(example) and example.get("captions") for example in examples)
+        length = max(len(row[0]) for row in rows)
         pad = self.processor.tokenizer.pad_token_id
-        input_ids = torch.full((len(encoded), length), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
-        labels = torch.full((len(encoded), length), -100, dtype=torch.long)
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        segments = torch.full((len(rows), length), -1, dtype=torch.long)
         first_target = length
-        for row, (ids, label) in enumerate(encoded):
+        for row, (ids, label, positions, segment) in enumerate(rows):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
             labels[row, : len(label)] = torch.tensor(label)
+            position_ids[row, : len(ids)] = torch.tensor(positions)
+            segments[row, : len(ids)] = torch.tensor(segment)
             first_target = min(first_target, next(i for i, value in enumerate(label) if value != -100))
         # The loss reads the logits from the position before the batch's first target on, so the LM
         # head skips the image (and other context) positions before it.
         logits_to_keep = length - first_target + 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                "logits_to_keep": logits_to_keep}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                 "logits_to_keep": logits_to_keep}
+        if packed:
+            query, key = segments[:, :, None], segments[:, None, :]
+            causal = torch.ones(length, length, dtype=torch.bool).tril()
+            visible = causal & (key != -1) & ((key == 0) | (key == query))
+            visible |= torch.eye(length, dtype=torch.bool) & (query == -1)  # padding sees itself: no NaN
+            batch["attention_mask"] = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[:, None]
+            batch["position_ids"] = position_ids
+        return batch
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         images = []

@@ -178,3 +178,28 @@ def test_byte_level_bpe_tokenises_conversations_as_at_inference(processor):
     caption_batch = ConversationCollator(bpe, prompt="a red")([{"image": image, "captions": ["circle"], "id": "x"}])
     prompt_ids = bpe(images=image, text="a red")["input_ids"][0].tolist()
     assert caption_batch["input_ids"][0].tolist() == prompt_ids + tokenizer(" circle")["input_ids"] + [tokenizer.eos_token_id]
+
+
+def test_packed_caption_and_questions_give_the_logits_of_single_turn_examples(processor, model):
+    """An image's caption and questions share one row: each turn sees the image and itself only."""
+    row = {"captions": ["a red circle"], "messages": chat(), "images": make_images(1), "id": "i7"}
+    collator = ConversationCollator(processor)
+    batch = collator([row])
+    assert batch["attention_mask"].shape == (1, 1, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+    packed = model(**{k: v for k, v in batch.items() if k != "logits_to_keep"}).logits[0]
+    n = processor.image_seq_length
+    start = n
+    single_turns = [caption_conversation("a red circle"),
+                    [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour is the circle"}]},
+                     chat()[1]],
+                    [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "how many shapes"}]},
+                     chat()[3]]]
+    for conversation in single_turns:
+        single = collator([{"messages": conversation, "images": make_images(1), "id": "s"}])
+        assert "position_ids" not in single
+        logits = model(**{k: v for k, v in single.items() if k != "logits_to_keep"}).logits[0]
+        turn = single["input_ids"].shape[1] - n
+        assert batch["input_ids"][0, start:start + turn].tolist() == single["input_ids"][0, n:].tolist()
+        torch.testing.assert_close(packed[start:start + turn], logits[n:])
+        start += turn
+    assert start == batch["input_ids"].shape[1]
