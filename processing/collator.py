@@ -65,7 +65,10 @@ def _turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 def caption_and_questions(
     captions: list[str], messages: list[dict[str, Any]], seed: int, epoch: int, example_id: str, prompt: str = ""
 ) -> list[dict[str, Any]]:
-    """One image's caption and its question turns as one conversation, in an order drawn per epoch.
+    """One image's caption and its question turns as one multi-turn conversation, in an order drawn per epoch.
+
+    The conversation view of a row with both `captions` and `messages`; the collator trains such a
+    row packed instead (`ConversationCollator.encode_packed`), every turn on its own.
 
     The caption turn (user: `prompt`, assistant: this epoch's reference, `choose_caption`) joins the
     question turns of `messages` (whose single image part is in the first user turn); the turns are
@@ -102,7 +105,8 @@ class ConversationCollator:
 
     Examples are conversations `{"messages", "images", ...}`, captions `{"image", "captions", "id"}`
     (see the module docstring), or both at once: an image's captions and its question turns
-    (`{"captions", "messages", "images", "id"}`, see `caption_and_questions`). Each sequence is the rendered conversation, every `<image>` expanded
+    (`{"captions", "messages", "images", "id"}`), packed as single-turn examples sharing the image
+    (see `encode_packed`). Each sequence is the rendered conversation, every `<image>` expanded
     to `image_seq_length` image tokens; each assistant turn is cut to `max_caption_tokens` tokens
     with its EOS always last. Returns `input_ids`, `attention_mask`, `labels` `(batch, seq)`, right
     padded to the batch's longest sequence (labels -100 everywhere but on assistant tokens),

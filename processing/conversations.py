@@ -197,8 +197,8 @@ def from_shapes_questions(ds: datasets.Dataset, max_turns: int | None = None) ->
 
 def from_shapes_instruct(ds: datasets.Dataset) -> datasets.Dataset:
     """The shapes set's imagefolder split as one row per image with its captions AND its questions (the
-    training view, `TRAINING_FEATURES`): the collator joins them into one conversation per epoch, the
-    caption among the questions (see `minivlm.data.collator.caption_and_questions`)."""
+    training view, `TRAINING_FEATURES`): the collator packs this epoch's caption and every question as
+    single-turn examples sharing the image (see `minivlm.data.collator.ConversationCollator.encode_packed`)."""
     from minivlm.data.shapes import shapes_conversation
 
     _require(ds, ["image", "questions", "captions"], "shapes-instruct")

@@ -71,10 +71,10 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-# shapes-tiny taught to caption, answer questions and ground objects (the demo's): one row per
-# training image holds its captions and its questions (objects, colour, count, yes/no, where, and
-# its box on the 0-1000 grid); each epoch the collator draws a caption and shuffles it among the
-# question turns, so the image is encoded once for all of them.
+# shapes-tiny taught to caption, answer questions and ground objects (the instruct demo's): one
+# row per training image holds its captions and its questions (objects, colour, count, yes/no,
+# where, and its box on the 0-1000 grid); the collator packs this epoch's caption and every
+# question as single-turn examples that share the image (encoded once).
 PRESETS["shapes-instruct"] = {
     **PRESETS["shapes-tiny"],
     "dataset": "shapes",
