@@ -153,3 +153,47 @@ def plot_patch_heatmap(model: torch.nn.Module, processor, image: Image.Image, pa
     fig.tight_layout()
     _save(fig, path)
     return grid
+
+
+def plot_box_grid(
+    images: Sequence[Image.Image],
+    predicted: Sequence[Sequence[Sequence[float]]],
+    targets: Sequence[Sequence[Sequence[float]]],
+    titles: Sequence[str],
+    path: str | Path,
+    ncols: int = 4,
+    scale: int = 4,
+) -> Path:
+    """Grounding at a glance: each image with its predicted boxes (red) and the true ones (green).
+
+    Args:
+        images: PIL images (any mode).
+        predicted, targets: per image, a list of boxes on the 0-1000 grid (`minivlm.data.grounding`).
+        titles: one line per image (e.g. the object asked for and the IoU).
+        path: the PNG to write.
+        ncols: images per row; scale: upsampling of the (small) images before drawing.
+
+    Returns:
+        ``path``.
+    """
+    from minivlm.data.grounding import draw_boxes
+
+    n = len(images)
+    if not n or not (len(predicted) == len(targets) == len(titles) == n):
+        raise ValueError(f"need predicted boxes, target boxes and a title per image; got {n} images, "
+                         f"{len(predicted)} predicted, {len(targets)} targets, {len(titles)} titles")
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3 * ncols, 3.4 * nrows))
+    for i, image in enumerate(images):
+        big = to_rgb(image).resize((image.width * scale, image.height * scale), Image.NEAREST)
+        big = draw_boxes(big, list(targets[i]), colours="green", width=2)
+        big = draw_boxes(big, list(predicted[i]), colours="red", width=2)
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.imshow(big)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(textwrap.fill(titles[i], _WRAP), fontsize=8)
+    fig.suptitle("Grounding: predicted (red) and true (green) boxes", fontsize=12, fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, path)

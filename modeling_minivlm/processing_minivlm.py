@@ -11,18 +11,38 @@ from transformers.processing_utils import ProcessingKwargs, Unpack
 from .image_loading import load_image, short
 
 
-# One user turn: its images become `<image>` and its text follows. Assistant turns (training
-# targets) end with EOS. No generation prompt: a caption continues straight after the image,
-# as in training, so the prompt is the same in both.
+# Role-based, and built so that captioning is the one-turn case of chat. User (and system) turns
+# render their parts where the messages put them: `<image>` for an image, the text as it is.
+# An assistant turn is its text followed by EOS, between `{% generation %}` markers (what
+# `return_assistant_tokens_mask` and the training loss cover); it is joined to a preceding user
+# text by one space (inside the markers: byte-level BPEs then see " word" tokens, as in training).
+# The generation prompt is empty on purpose: an answer starts right after the user's turn, the
+# way a caption starts right after the image, so `[user: image]` renders to `<image>` exactly as
+# `processor(images=...)` does, and `[user: image + "a photo of"]` to `<image>a photo of`. EOS,
+# closing each assistant turn, is what separates the turns of a multi-turn chat.
 DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
-    "{% endfor %}"
+    "{%- set ns = namespace(after_text=false) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}"
+    "{%- for part in parts if part['type'] == 'text' -%}"
+    "{%- if loop.first and ns.after_text and not part['text'].startswith((' ', '\\n')) %} {% endif -%}"
+    "{{- part['text'] -}}"
+    "{%- endfor -%}"
+    "{{- eos_token -}}"
+    "{%- endgeneration -%}"
+    "{%- set ns.after_text = false -%}"
+    "{%- else -%}"
+    "{%- for part in parts -%}"
+    "{%- if part['type'] == 'image' -%}<image>{%- set ns.after_text = false -%}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- set ns.after_text = part['text'] | length > 0 -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if message['role'] == 'system' -%}{{- '\\n' -}}{%- set ns.after_text = false -%}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
 )
 
 

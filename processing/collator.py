@@ -1,18 +1,31 @@
-"""Training examples and the collator.
+"""Training examples and the one collator: every example is a conversation.
 
-Fixes the notebook's training examples: the target is the caption followed by EOS (the model
-learns to stop), the loss covers caption tokens only, the prompt is the one used at inference,
-one reference per image per epoch is chosen from the seed (reproducible, also on resume), and
-batches are padded to their own longest sequence.
+A conversation is the chat format TRL uses: `messages` (a list of `{"role": "user" | "assistant" |
+"system", "content": str | [{"type": "image"} | {"type": "text", "text": ...}]}`) and `images` (the
+images, in the order their `{"type": "image"}` parts appear). It is rendered with the processor's
+chat template; the loss covers the assistant turns only (every one of them, each with its EOS).
+
+A caption example (the uniform caption view `image`, `captions`, `id`) becomes a one-turn
+conversation when the batch is built: the user turn is the image (and the `prompt`, if any), the
+assistant turn one reference caption, drawn per epoch from the seed (reproducible, also on resume).
+The template renders that conversation to exactly the tokens the processor builds for captioning
+at inference, so captions are trained on the prompt they are generated from. Batches are padded
+to their own longest sequence.
 """
+
+from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from minivlm.processing_minivlm import MiniVLMProcessor, to_rgb
+
+
+__all__ = ["choose_caption", "caption_conversation", "caption_and_questions", "ConversationCollator", "CaptionCollator"]
 
 
 def choose_caption(captions: list[str], seed: int, epoch: int, example_id: str) -> str:
@@ -20,20 +33,90 @@ def choose_caption(captions: list[str], seed: int, epoch: int, example_id: str) 
     return captions[random.Random(f"{seed}/{epoch}/{example_id}").randrange(len(captions))]
 
 
-@dataclass
-class CaptionCollator:
-    """Turns examples `{"image", "captions", "id"}` into a training batch.
+def caption_conversation(caption: str | None, prompt: str = "") -> list[dict[str, Any]]:
+    """The one-turn conversation of a caption example: user = the image (+ `prompt`), assistant = `caption`.
 
-    Each sequence is `<image>`×N, the prompt, then the caption truncated to `max_caption_tokens`
-    with EOS always last. Returns `input_ids`, `attention_mask`, `labels` `(batch, seq)`, right
-    padded to the batch's longest sequence (labels -100 on image, prompt and padding),
-    `pixel_values` `(batch, 3, H, W)`, and `logits_to_keep` (an int: the positions from the last
-    context token on, the only ones whose logits the loss reads).
+    With `caption=None` only the user turn: what captioning at inference renders (with the
+    generation prompt) and continues.
+    """
+    user = [{"type": "image"}] + ([{"type": "text", "text": prompt}] if prompt else [])
+    messages = [{"role": "user", "content": user}]
+    if caption is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": caption}]})
+    return messages
+
+
+def is_conversation(example: dict[str, Any]) -> bool:
+    """True for a row with `messages` (a conversation, or captions and questions), False for a caption row."""
+    return bool(example.get("messages"))
+
+
+def _turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The messages as turns: each user message with the assistant messages that follow it."""
+    turns: list[list[dict[str, Any]]] = []
+    for message in messages:
+        if message["role"] != "assistant" or not turns:
+            turns.append([])
+        turns[-1].append(message)
+    return turns
+
+
+def caption_and_questions(
+    captions: list[str], messages: list[dict[str, Any]], seed: int, epoch: int, example_id: str, prompt: str = ""
+) -> list[dict[str, Any]]:
+    """One image's caption and its question turns as one multi-turn conversation, in an order drawn per epoch.
+
+    The conversation view of a row with both `captions` and `messages`; the collator trains such a
+    row packed instead (`ConversationCollator.encode_packed`), every turn on its own.
+
+    The caption turn (user: `prompt`, assistant: this epoch's reference, `choose_caption`) joins the
+    question turns of `messages` (whose single image part is in the first user turn); the turns are
+    shuffled with a pure function of (seed, epoch, id) and the image goes at the start of whichever
+    turn comes first. So each turn type is sometimes asked right after the image, as at inference
+    (a caption first is exactly a caption example), and the image is encoded once for all of them.
+    """
+    caption = choose_caption(captions, seed, epoch, example_id)
+    turns = [[{"role": "user", "content": [{"type": "text", "text": prompt}] if prompt else []},
+              {"role": "assistant", "content": [{"type": "text", "text": caption}]}]]
+    for turn in _turns(messages):
+        user, *rest = turn
+        parts = [part for part in _content_parts(user) if part.get("type") != "image"]
+        turns.append([{"role": user["role"], "content": parts}, *rest])
+    random.Random(f"{seed}/{epoch}/{example_id}/order").shuffle(turns)
+    first = turns[0][0]
+    turns[0][0] = {"role": first["role"], "content": [{"type": "image"}, *first["content"]]}
+    return [message for turn in turns for message in turn]
+
+
+def _content_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message.get("content")
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+
+
+def count_image_parts(messages: list[dict[str, Any]]) -> int:
+    """How many `{"type": "image"}` parts the messages hold."""
+    return sum(part.get("type") == "image" for message in messages for part in _content_parts(message))
+
+
+@dataclass
+class ConversationCollator:
+    """Turns conversation and caption examples (mixed freely) into a training batch.
+
+    Examples are conversations `{"messages", "images", ...}`, captions `{"image", "captions", "id"}`
+    (see the module docstring), or both at once: an image's captions and its question turns
+    (`{"captions", "messages", "images", "id"}`), packed as single-turn examples sharing the image
+    (see `encode_packed`). Each sequence is the rendered conversation, every `<image>` expanded
+    to `image_seq_length` image tokens; each assistant turn is cut to `max_caption_tokens` tokens
+    with its EOS always last. Returns `input_ids`, `attention_mask`, `labels` `(batch, seq)`, right
+    padded to the batch's longest sequence (labels -100 everywhere but on assistant tokens),
+    `pixel_values` `(num_images, 3, H, W)` (the images of every row, in order), and
+    `logits_to_keep` (an int: the positions from the one before the batch's first target on, the
+    only ones whose logits the loss reads).
 
     Args:
-        processor: the model's processor (image processor, tokenizer with `<image>`).
-        prompt: text between the image and the caption; the same string must be used at inference.
-        max_caption_tokens: caption length cap, EOS included.
+        processor: the model's processor (image processor, tokenizer with `<image>`, chat template).
+        prompt: for caption examples, the user text after the image; the same must be used at inference.
+        max_caption_tokens: length cap of each assistant turn (a caption, an answer), EOS included.
         seed: picks the reference caption of each image, with the epoch set by
             `minivlm.training.callbacks.CaptionEpochCallback`.
     """
@@ -50,60 +133,201 @@ class CaptionCollator:
             raise ValueError(f"max_caption_tokens must be at least 2 (a token and EOS), got {self.max_caption_tokens}.")
         if self.processor.tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token so the model can learn to stop.")
+        if not self.processor.chat_template or "generation" not in self.processor.chat_template:
+            raise ValueError(
+                "the processor's chat template has no {% generation %} markers, so the assistant turns (the loss) "
+                "cannot be found; use minivlm's DEFAULT_CHAT_TEMPLATE (processor.chat_template = DEFAULT_CHAT_TEMPLATE)."
+            )
+
+    # ------------------------------------------------------------------ conversations
+
+    def messages(self, example: dict[str, Any]) -> list[dict[str, Any]]:
+        """The example as a conversation; a caption example gets this epoch's reference."""
+        if is_conversation(example) and example.get("captions"):
+            return caption_and_questions(example["captions"], example["messages"], self.seed, self.epoch,
+                                         str(example["id"]), self.prompt)
+        if is_conversation(example):
+            return example["messages"]
+        caption = choose_caption(example["captions"], self.seed, self.epoch, str(example["id"]))
+        return caption_conversation(caption, self.prompt)
+
+    @staticmethod
+    def images(example: dict[str, Any]) -> list[Any]:
+        """The example's images, in the order of its image parts."""
+        if is_conversation(example):
+            return list(example.get("images") or [])
+        return [example["image"]] if "image" in example else list(example["images"])[:1]
+
+    def encode(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+        """`(input_ids, labels)` of one conversation: image tokens expanded, labels -100 outside assistant turns.
+
+        The rendered text is tokenised piece by piece (the spans outside and inside the template's
+        `{% generation %}` markers), the first piece as the processor tokenises a prompt, so the
+        context is the exact token sequence the model sees at inference.
+        """
+        processor, tokenizer = self.processor, self.processor.tokenizer
+        if not any(message.get("role") == "assistant" for message in messages):
+            raise ValueError("a training conversation needs at least one assistant turn (the loss has nothing to cover).")
+        rendered, generation = render_jinja_template(
+            [messages], chat_template=processor.chat_template, return_assistant_tokens_mask=True,
+            **tokenizer.special_tokens_map,
+        )
+        text, spans = rendered[0], generation[0]
+        ids: list[int] = []
+        labels: list[int] = []
+        position = 0
+        for start, end in [*spans, (len(text), len(text))]:
+            if start > position or not ids:
+                context = tokenizer(text[position:start], add_special_tokens=not ids)["input_ids"]
+                ids += context
+                labels += [-100] * len(context)
+            if end > start:
+                target = tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
+                if len(target) > self.max_caption_tokens:
+                    target = target[: self.max_caption_tokens - 1] + [tokenizer.eos_token_id]
+                ids += target
+                labels += target
+            position = end
+        # One `<image>` token per image in the text: expand each to the image's token sequence.
+        image_id, n = processor.image_token_id, processor.image_seq_length
+        expanded_ids, expanded_labels = [], []
+        for token, label in zip(ids, labels):
+            if token == image_id:
+                expanded_ids += [image_id] * n
+                expanded_labels += [-100] * n
+            else:
+                expanded_ids.append(token)
+                expanded_labels.append(label)
+        return expanded_ids, expanded_labels
+
+    # ------------------------------------------------------------------ captions (kept API)
 
     def context_ids(self) -> list[int]:
-        """Image tokens and prompt, tokenised exactly as the processor does it at inference."""
+        """Image tokens and prompt of a caption example, tokenised exactly as the processor does it at inference."""
         if self._context_ids is None:
-            processor = self.processor
-            text = processor.image_token * processor.image_seq_length + self.prompt
-            self._context_ids = processor.tokenizer(text)["input_ids"]
+            ids, labels = self.encode(caption_conversation("x", self.prompt))
+            self._context_ids = ids[: labels.index(next(label for label in labels if label != -100))]
         return self._context_ids
 
     def caption_ids(self, caption: str) -> list[int]:
-        tokenizer = self.processor.tokenizer
-        text = f" {caption}" if self.prompt and not self.prompt.endswith(" ") else caption
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_caption_tokens - 1]
-        return ids + [tokenizer.eos_token_id]
+        """The target of a caption example: its tokens (cut to `max_caption_tokens`) and EOS."""
+        ids, labels = self.encode(caption_conversation(caption, self.prompt))
+        return [label for label in labels if label != -100]
 
     def sequence_length(self, captions: list[str]) -> int:
-        """The length of an example's training sequence, its captions averaged: the collator draws one
+        """The length of a caption example's training sequence, its captions averaged: the collator draws one
         of them per epoch. What length grouping (`--train_sampling_strategy group_by_length`) sorts by."""
         targets = [len(self.caption_ids(caption)) for caption in captions]
         return len(self.context_ids()) + round(sum(targets) / len(targets))
 
+    def example_length(self, example: dict[str, Any]) -> int:
+        """The training-sequence length of a caption or conversation example (no image is decoded)."""
+        if is_conversation(example) and example.get("captions"):
+            return len(self.encode_packed(example)[0])
+        if is_conversation(example):
+            return len(self.encode(self.messages(example))[0])
+        return self.sequence_length(example["captions"])
+
     def add_length_column(self, dataset, column: str = "length"):
-        """`dataset` with `column` = `sequence_length` of each example, read from the captions alone
+        """`dataset` with `column` = the training-sequence length of each example, read from the text alone
         (no image is decoded); the other columns are left as they are, memory-mapped."""
         if column in dataset.column_names:
             return dataset
-        return dataset.add_column(column, [self.sequence_length(captions) for captions in dataset["captions"]])
+        text_columns = [c for c in ("messages", "captions", "id") if c in dataset.column_names]
+        rows = dataset.select_columns(text_columns)
+        return dataset.add_column(column, [self.example_length(row) for row in rows])
+
+    # ------------------------------------------------------------------ batches
+
+    def encode_packed(self, example: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int]]:
+        """An image's caption and questions as single-turn examples packed into one sequence.
+
+        Each turn is encoded as its own one-turn conversation (image, then its text and answer); the
+        image tokens are kept once, and each turn's tokens follow with the positions they have in
+        their own example. Returns `(input_ids, labels, position_ids, segments)`: segment 0 is the
+        shared image prefix, segment k the k-th turn; `text_batch` lets a turn see only the prefix
+        and itself, so its logits are exactly those of the single-turn example (the image is
+        encoded once for all of them, and no answer can be read off another).
+        """
+        caption = choose_caption(example["captions"], self.seed, self.epoch, str(example["id"]))
+        conversations = [caption_conversation(caption, self.prompt)]
+        for user, *rest in _turns(example["messages"]):
+            parts = [part for part in _content_parts(user) if part.get("type") != "image"]
+            conversations.append([{"role": user["role"], "content": [{"type": "image"}, *parts]}, *rest])
+        ids, labels = self.encode(conversations[0])
+        image_id = self.processor.image_token_id
+        prefix = max(i for i, token in enumerate(ids) if token == image_id) + 1
+        positions, segments = list(range(len(ids))), [0] * prefix + [1] * (len(ids) - prefix)
+        for segment, conversation in enumerate(conversations[1:], start=2):
+            turn_ids, turn_labels = self.encode(conversation)
+            ids += turn_ids[prefix:]
+            labels += turn_labels[prefix:]
+            positions += list(range(prefix, len(turn_ids)))
+            segments += [segment] * (len(turn_ids) - prefix)
+        return ids, labels, positions, segments
 
     def text_batch(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """`input_ids`, `attention_mask`, `labels` `(batch, seq)` for the examples' chosen captions."""
-        context = self.context_ids()
-        sequences, label_rows = [], []
-        for example in examples:
-            caption = choose_caption(example["captions"], self.seed, self.epoch, str(example["id"]))
-            target = self.caption_ids(caption)
-            sequences.append(context + target)
-            label_rows.append([-100] * len(context) + target)
+        """`input_ids`, `attention_mask`, `labels` `(batch, seq)` and `logits_to_keep` for the examples.
 
-        length = max(len(s) for s in sequences)
+        A batch with packed rows (captions and questions of one image, see `encode_packed`) gets a
+        4D `attention_mask` `(batch, 1, seq, seq)` (0 where a position may look, -inf elsewhere) and
+        `position_ids` `(batch, seq)`.
+        """
+        rows = []
+        for example in examples:
+            if is_conversation(example) and example.get("captions"):
+                rows.append(self.encode_packed(example))
+            else:
+                ids, label = self.encode(self.messages(example))
+                rows.append((ids, label, list(range(len(ids))), [1] * len(ids)))
+        packed = any(is_conversation(example) and example.get("captions") for example in examples)
+        length = max(len(row[0]) for row in rows)
         pad = self.processor.tokenizer.pad_token_id
-        input_ids = torch.full((len(sequences), length), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        labels = torch.full((len(sequences), length), -100, dtype=torch.long)
-        for row, (sequence, label) in enumerate(zip(sequences, label_rows)):
-            input_ids[row, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[row, : len(sequence)] = 1
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        segments = torch.full((len(rows), length), -1, dtype=torch.long)
+        first_target = length
+        for row, (ids, label, positions, segment) in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
             labels[row, : len(label)] = torch.tensor(label)
-        # Every target sits after the shared context: logits (and loss) are needed from the last
-        # context position on, so the LM head skips the image positions.
-        logits_to_keep = length - len(context) + 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                "logits_to_keep": logits_to_keep}
+            position_ids[row, : len(ids)] = torch.tensor(positions)
+            segments[row, : len(ids)] = torch.tensor(segment)
+            first_target = min(first_target, next(i for i, value in enumerate(label) if value != -100))
+        # The loss reads the logits from the position before the batch's first target on, so the LM
+        # head skips the image (and other context) positions before it.
+        logits_to_keep = length - first_target + 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                 "logits_to_keep": logits_to_keep}
+        if packed:
+            query, key = segments[:, :, None], segments[:, None, :]
+            causal = torch.ones(length, length, dtype=torch.bool).tril()
+            visible = causal & (key != -1) & ((key == 0) | (key == query))
+            visible |= torch.eye(length, dtype=torch.bool) & (query == -1)  # padding sees itself: no NaN
+            batch["attention_mask"] = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[:, None]
+            batch["position_ids"] = position_ids
+        return batch
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        images = [to_rgb(example["image"]) for example in examples]
-        pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        return {**self.text_batch(examples), "pixel_values": pixel_values}
+        images = []
+        for index, example in enumerate(examples):
+            example_images = self.images(example)
+            expected = count_image_parts(self.messages(example)) if is_conversation(example) else 1
+            if len(example_images) != expected:
+                raise ValueError(
+                    f"example {example.get('id', index)!r} has {len(example_images)} image(s) for {expected} image "
+                    "part(s) in its messages; clean the data with minivlm.data.conversations.clean_conversations."
+                )
+            images += [to_rgb(image) for image in example_images]
+        batch = self.text_batch(examples)
+        if images:
+            batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return batch
+
+
+class CaptionCollator(ConversationCollator):
+    """[`ConversationCollator`] under its earlier name: caption examples `{"image", "captions", "id"}` in,
+    batches out (conversation examples work too)."""
+

@@ -59,11 +59,11 @@ def resolve_dataset(
             f"(python -m minivlm.data.shapes --output_dir {folder} --image_size <model image size>) "
             "or pass --shapes_dir naming the folder training wrote"
         )
-    from .shapes import generate_shapes_dataset
+    from .shapes import ensure_shapes_dataset
 
     logger.info("Generating the shapes set in %s", folder)
-    generate_shapes_dataset(folder, num_train=num_train, num_validation=num_eval, num_test=num_eval,
-                            image_size=image_size, seed=seed)
+    ensure_shapes_dataset(folder, num_train=num_train, num_validation=num_eval, num_test=num_eval,
+                          image_size=image_size, seed=seed)
     return str(folder)
 
 

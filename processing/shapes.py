@@ -55,6 +55,10 @@ __all__ = [
     "parse_objects",
     "score_caption",
     "shapes_accuracy",
+    "BOX_STEP",
+    "shapes_questions",
+    "shapes_conversation",
+    "question_vocabulary",
 ]
 
 # Base RGB per colour name; chosen far apart in RGB so a tiny model separates them
@@ -234,7 +238,11 @@ def _make_example(
     for obj in objects:  # public bbox: integer pixel box that covers the shape
         x0, y0, x1, y1 = obj.pop("_box")
         obj["bbox"] = [int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))]
-    return {"id": f"{split}_{index:05d}", "image": image, "captions": captions, "objects": objects}
+    # A stream of its own, so the questions leave the images and captions as they were.
+    question_rng = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else len(SPLITS), index, 1])
+    questions = shapes_questions(objects, image_size, question_rng, colours=colours, shapes=shapes)
+    return {"id": f"{split}_{index:05d}", "image": image, "captions": captions, "objects": objects,
+            "questions": questions}
 
 
 def _check_choices(shapes: Sequence[str], colours: Sequence[str]) -> None:
@@ -327,7 +335,8 @@ def generate_shapes_dataset(
             ex = _make_example(split, i, image_size, seed, shapes, colours, two_object_prob)
             file_name = f"{ex['id']}.png"
             ex["image"].save(split_dir / file_name, format="PNG", optimize=False)
-            record = {"file_name": file_name, "id": ex["id"], "captions": ex["captions"], "objects": ex["objects"]}
+            record = {"file_name": file_name, "id": ex["id"], "captions": ex["captions"], "objects": ex["objects"],
+                      "questions": ex["questions"]}
             lines.append(json.dumps(record, sort_keys=False))
         (split_dir / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     marker.write_text(json.dumps({**params, "complete": True}, indent=1) + "\n", encoding="utf-8")
@@ -358,6 +367,82 @@ def caption_vocabulary(shapes: Sequence[str] = DEFAULT_SHAPES, colours: Sequence
     for text in [*templates, _SAME_PAIR_TEMPLATE, *_POS_PHRASE.values()]:
         words.update(w for w in text.split() if "{" not in w)
     return sorted(words)
+
+
+# ----------------------------------------------------------------------------- questions
+
+# Box corners on the 0-1000 grid of `minivlm.data.grounding`, rounded to multiples of BOX_STEP: 101
+# number words for a word-level tokenizer instead of 1001, at 0.64 px per step on a 64-px image.
+BOX_STEP = 10
+_WHERE = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "center": "center"}
+QUESTION_TYPES = ("objects", "colour", "count", "exists", "where", "box")
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return f"{obj['colour']} {obj['shape']}"
+
+
+def shapes_questions(
+    objects: Sequence[Mapping[str, Any]],
+    image_size: int,
+    rng: np.random.Generator,
+    colours: Sequence[str] = DEFAULT_COLOURS,
+    shapes: Sequence[str] = DEFAULT_SHAPES,
+) -> list[dict[str, str]]:
+    """Questions about one image whose answers follow from its `objects`, in a shuffled order.
+
+    Each is `{"type", "question", "answer"}`; types (see `QUESTION_TYPES`): `objects` ("what objects
+    are in the image?" -> "a red circle and a blue square"), `colour` of a shape found once in the
+    image, `count` ("2"), `exists` (one "yes" and one "no" question), `where` (left / right / top /
+    bottom / center) and `box` (`[x1, y1, x2, y2]` on the 0-1000 grid, see `grounding.format_box`) of
+    each object whose colour and shape name it alone.
+    """
+    from minivlm.data.grounding import format_box
+
+    names = [_name(o) for o in objects]
+    if len(objects) == 2 and names[0] == names[1]:
+        listing = _SAME_PAIR_TEMPLATE.format(c=objects[0]["colour"], s=objects[0]["shape"])
+    else:
+        listing = " and ".join(f"a {name}" for name in names)
+    out = [{"type": "objects", "question": "what objects are in the image?", "answer": listing}]
+    shape_counts = Counter(o["shape"] for o in objects)
+    for obj in objects:
+        if shape_counts[obj["shape"]] == 1:
+            out.append({"type": "colour", "question": f"what colour is the {obj['shape']}?", "answer": obj["colour"]})
+    out.append({"type": "count", "question": "how many shapes are there?", "answer": str(len(objects))})
+    present = objects[int(rng.integers(len(objects)))]
+    absent = [f"{c} {s}" for c in colours for s in shapes if f"{c} {s}" not in names]
+    out.append({"type": "exists", "question": f"is there a {_name(present)}?", "answer": "yes"})
+    if absent:
+        out.append({"type": "exists", "question": f"is there a {absent[int(rng.integers(len(absent)))]}?", "answer": "no"})
+    for obj, name in zip(objects, names):
+        if names.count(name) == 1:
+            out.append({"type": "where", "question": f"where is the {name}?", "answer": _WHERE[obj["position"]]})
+            box = format_box(obj["bbox"], (image_size, image_size), step=BOX_STEP)
+            out.append({"type": "box", "question": f"locate the {name}", "answer": box})
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
+
+
+def shapes_conversation(questions: Sequence[Mapping[str, str]], max_turns: int | None = None) -> list[dict[str, Any]]:
+    """The questions of one image as a multi-turn conversation: the image comes with the first question."""
+    messages = []
+    for turn, qa in enumerate(questions[:max_turns]):
+        user = ([{"type": "image", "text": None}] if turn == 0 else []) + [{"type": "text", "text": qa["question"]}]
+        messages.append({"role": "user", "content": user})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": qa["answer"]}]})
+    return messages
+
+
+def question_vocabulary(colours: Sequence[str] = DEFAULT_COLOURS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[str]:
+    """Every question and answer text the shapes set can produce, as sample strings for a tokenizer."""
+    texts = ["what objects are in the image?", "how many shapes are there? 1 2", "yes no", " ".join(_WHERE),
+             "[" + ", ".join(str(v) for v in range(0, 1001, BOX_STEP)) + "]"]
+    for colour in colours:
+        for shape in shapes:
+            texts += [f"what colour is the {shape}?", f"is there a {colour} {shape}?", f"where is the {colour} {shape}?",
+                      f"locate the {colour} {shape}"]
+    return texts
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -1,12 +1,18 @@
-"""The embedded default: train a tiny MiniVLM to caption synthetic shapes, offline, on CPU.
+"""The embedded default: train a tiny MiniVLM on synthetic shapes, offline, on CPU.
 
     python scripts/demo.py [--output_dir outputs/demo] [--num_train_epochs N]
+    python scripts/demo.py --preset shapes-instruct --output_dir outputs/demo-instruct
 
-Generates the shapes set, captions held-out images with the untrained model, trains the
-`shapes-tiny` preset with the HF Trainer, reloads the saved folder the way a Hub user would
-(`AutoModel` / `pipeline("image-to-text")` with `trust_remote_code=True`), scores the held-out
-captions (every object's colour and shape named correctly; BLEU/CIDEr against the references)
-and writes `loss_curve.png` and `captions_before_after.png`.
+Generates the shapes set (captions, questions and boxes), captions held-out images with the
+untrained model, trains the preset with the HF Trainer, reloads the saved folder the way a Hub
+user would (`AutoModel` / `pipeline("image-to-text")` with `trust_remote_code=True`), scores the
+held-out captions (every object's colour and shape named correctly; BLEU/CIDEr against the
+references) and writes `loss_curve.png` and `captions_before_after.png`.
+
+`shapes-tiny` (the default) learns to caption. `shapes-instruct` trains one model on each
+image's caption and questions together; the demo then also asks the held-out questions one at a
+time (and one through `pipeline("image-text-to-text")`), scores the answers (VQA accuracy, exact
+after normalisation) and the boxes (IoU >= 0.5), and writes `boxes.png` with the predicted boxes.
 """
 
 import json
@@ -17,15 +23,24 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser, pipeline, set_seed
 
+from minivlm.data.grounding import parse_boxes
 from minivlm.data.loading import load_split, resolve_dataset
+from minivlm.evaluation.answering import evaluate_answers, load_question_dataset
+from minivlm.evaluation.boxes import box_iou
 from minivlm.evaluation.captioning import evaluate_captions, generate_captions
-from minivlm.evaluation.plots import plot_caption_grid, plot_loss_curve
-from minivlm.training.run import build_model, parse_args, train
+from minivlm.evaluation.plots import plot_box_grid, plot_caption_grid, plot_loss_curve
+from minivlm.training.presets import PRESETS
+from minivlm.training.run import build_model, load_data, parse_args, train
 
 
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where the data, model and pictures go."})
+    preset: str = field(
+        default="shapes-tiny",
+        metadata={"help": "shapes-tiny (captions) or shapes-instruct (captions, questions and boxes).",
+                  "choices": ["shapes-tiny", "shapes-instruct"]},
+    )
     num_train_epochs: float | None = field(default=None, metadata={"help": "Override the preset's epochs."})
     num_samples: int = field(default=8, metadata={"help": "Test images shown with their captions."})
     seed: int = field(default=0)
@@ -38,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     out = Path(demo.output_dir)
     data_dir, model_dir = out / "shapes", out / "model"
-    train_argv = ["--preset", "shapes-tiny", "--dataset", str(data_dir), "--output_dir", str(model_dir),
+    instruct = bool(PRESETS[demo.preset].get("dataset_format"))
+    train_argv = ["--preset", demo.preset, "--shapes_dir", str(data_dir), "--output_dir", str(model_dir),
                   "--seed", str(demo.seed), "--disable_tqdm", "true", "--logging_steps", "20"]
     if demo.num_train_epochs is not None:
         train_argv += ["--num_train_epochs", str(demo.num_train_epochs)]
@@ -51,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[{time.perf_counter() - start:5.1f}s] shapes set ready in {data_dir} ({len(test)} held-out images)")
 
     set_seed(demo.seed)
-    untrained, untrained_processor = build_model(model_args, load_split(str(data_dir), "train"))
+    untrained, untrained_processor = build_model(model_args, load_data(data_args, demo.seed)[0])
     before = generate_captions(untrained, untrained_processor, samples, max_new_tokens=16, progress=False)
 
     trainer = train(model_args, data_args, training_args)
@@ -67,12 +83,45 @@ def main(argv: list[str] | None = None) -> None:
     after = [result[0]["generated_text"] for result in captioner(list(samples["image"]), max_new_tokens=16, batch_size=8)]
     assert after == [p["caption"] for p in predictions[: demo.num_samples]], "pipeline and batched generation disagree"
 
+    # Questions and grounding on the same held-out images, each question asked on its own.
+    answers, answer_metrics = [], {}
+    if instruct:
+        questions = load_question_dataset(str(data_dir), "test")
+        answers, answer_metrics = evaluate_answers(model, processor, questions, batch_size=64)
+        chat = pipeline("image-text-to-text", model=str(model_dir), trust_remote_code=True)
+        first = [{"role": "user", "content": [{"type": "image", "image": questions[0]["image"]},
+                                              {"type": "text", "text": questions[0]["question"]}]}]
+        reply = chat(text=first, max_new_tokens=16, return_full_text=False)[0]["generated_text"].strip()
+        assert reply == answers[0]["prediction"], "the image-text-to-text pipeline and batched answers disagree"
+
     print("\nheld-out captions (untrained -> trained | a reference):")
     for sample, old, new in zip(samples, before, after):
         print(f"  {old[:40]!r:44} -> {new!r:45} | {sample['captions'][0]!r}")
+    if instruct:
+        print("\nheld-out questions (answer | expected):")
+        shown = set()
+        for record in answers:
+            if record["type"] not in shown:
+                shown.add(record["type"])
+                print(f"  {record['question']:34} {record['prediction']!r:24} | {record['answers'][0]!r}")
     accuracy = metrics["shapes_accuracy"]
-    print(f"\ncolour and shape of every object right: {accuracy:.1%} of {len(test)} held-out images")
-    print(f"BLEU-4 {metrics['bleu_4']:.3f}  CIDEr-D {metrics['cider']:.3f}  ROUGE-L {metrics['rouge_l']:.3f}")
+    print(f"\ncaptions: colour and shape of every object right in {accuracy:.1%} of {len(test)} held-out images")
+    print(f"          BLEU-4 {metrics['bleu_4']:.3f}  CIDEr-D {metrics['cider']:.3f}  ROUGE-L {metrics['rouge_l']:.3f}")
+    if instruct:
+        per_type = "  ".join(f"{k.removeprefix('vqa_accuracy_')} {v:.1%}" for k, v in answer_metrics.items()
+                             if k.startswith("vqa_accuracy_"))
+        n_boxes = sum(1 for r in answers if parse_boxes(r["answers"][0]))
+        print(f"answers:  {answer_metrics['vqa_accuracy']:.1%} exact of {len(answers) - n_boxes} questions ({per_type})")
+        print(f"boxes:    {answer_metrics['box_accuracy']:.1%} at IoU >= 0.5 of {n_boxes}, "
+              f"mean IoU {answer_metrics['box_mean_iou']:.3f}")
+
+        box_records = [r for r in answers if r["type"] == "box"][: demo.num_samples]
+        by_id = {example_id: index for index, example_id in enumerate(test["id"])}
+        predicted = [parse_boxes(r["prediction"])[:1] for r in box_records]
+        targets = [parse_boxes(r["answers"][0]) for r in box_records]
+        titles = [f"{r['question'].removeprefix('locate the ')}: IoU "
+                  f"{box_iou(p[0], t[0]) if p else 0.0:.2f}" for r, p, t in zip(box_records, predicted, targets)]
+        plot_box_grid([test[by_id[r["id"]]]["image"] for r in box_records], predicted, targets, titles, out / "boxes.png")
 
     plot_loss_curve(trainer.state.log_history, out / "loss_curve.png")
     short_before = [text if len(text) <= 40 else text[:39] + "…" for text in before]
@@ -81,12 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - start
     summary = {
         "shapes_accuracy": accuracy, "bleu_4": metrics["bleu_4"], "cider": metrics["cider"],
-        "rouge_l": metrics["rouge_l"], "train_steps": trainer.state.global_step, "train_seconds": train_seconds,
+        "rouge_l": metrics["rouge_l"], **answer_metrics, "train_steps": trainer.state.global_step, "train_seconds": train_seconds,
         "total_seconds": total, "torch_threads": torch.get_num_threads(),
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     (out / "predictions.json").write_text(json.dumps(predictions, indent=1))
-    print(f"\nwrote {out / 'loss_curve.png'}, {out / 'captions_before_after.png'}, {model_dir}")
+    pictures = [out / "loss_curve.png", out / "captions_before_after.png"]
+    if instruct:
+        (out / "answers.json").write_text(json.dumps(answers, indent=1))
+        pictures.append(out / "boxes.png")
+    print(f"\nwrote {', '.join(str(p) for p in pictures)}, {model_dir}")
     print(f"done in {total:.0f}s")
 
 

@@ -1,10 +1,14 @@
-"""Evaluate a MiniVLM: caption a split, score it, and draw the pictures.
+"""Evaluate a MiniVLM: caption a split, answer its questions, score both, and draw the pictures.
 
 (Not named evaluate.py: run from scripts/, that name would shadow the `evaluate` library for
 every script beside it.)
 
     python scripts/evaluate_model.py --model outputs/shapes-tiny --dataset shapes --shapes_dir data/shapes
     python scripts/evaluate_model.py --model org/minivlm --dataset jxie/flickr8k --split test --num_beams 3
+
+When the split has questions (the shapes set's, or VQA columns `question` + `answer`/`answers`),
+they are answered too and scored: VQA accuracy (VQAv2 normalisation) and, for box answers, accuracy
+at IoU >= 0.5 and mean IoU; the answers go to `answers.jsonl`.
 
 Writes to --output_dir: `predictions.jsonl` (id, caption, references), `metrics.json` (scores,
 decoding settings, model, dataset, split, number of images), `patch_heatmap.png` (the first
@@ -21,6 +25,7 @@ import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
 from minivlm.data.loading import caption_column_argument, load_split, resolve_dataset
+from minivlm.evaluation.answering import QUESTION_SCORE_KEYS, evaluate_answers, load_questions
 from minivlm.evaluation.captioning import SCORE_KEYS, evaluate_captions
 from minivlm.training.model_card import format_metrics
 from minivlm.evaluation.plots import plot_loss_curve, plot_patch_heatmap
@@ -50,6 +55,11 @@ class EvalArguments:
     max_new_tokens: int = field(default=32)
     num_beams: int = field(default=1)
     do_sample: bool = field(default=False)
+    questions: str = field(
+        default="auto",
+        metadata={"help": "Answer and score the split's questions: 'auto' (when it has any), 'yes' or 'no'.",
+                  "choices": ["auto", "yes", "no"]},
+    )
     skip_meteor: bool = field(default=False, metadata={"help": "Skip METEOR (it needs Java and starts a JVM)."})
     output_dir: str = field(default="outputs/eval")
     log_history: str | None = field(
@@ -91,8 +101,24 @@ def main(argv: list[str] | None = None) -> None:
         meteor=False if args.skip_meteor else None,
     )
 
+    answers = []
+    if args.questions != "no":
+        questions = load_questions(source, args.split, args.max_samples, args.seed)
+        if questions is None and args.questions == "yes":
+            raise ValueError(f"split {args.split!r} of {source} has no questions (the shapes set's, or VQA columns "
+                             "question + answer/answers); use --questions auto or no.")
+        if questions is not None:
+            answers, answer_metrics = evaluate_answers(model, processor, questions, batch_size=args.batch_size,
+                                                       max_new_tokens=args.max_new_tokens, progress=True)
+            metrics.update(answer_metrics)
+
+    # write
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if answers:
+        with open(output_dir / "answers.jsonl", "w", encoding="utf-8") as f:
+            for answer in answers:
+                f.write(json.dumps(answer, ensure_ascii=False) + "\n")
     with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
         for prediction in predictions:
             f.write(json.dumps(prediction, ensure_ascii=False) + "\n")
@@ -102,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         "dataset": args.dataset,
         "split": args.split,
         "num_images": len(predictions),
+        "num_questions": len(answers),
         "arguments": asdict(args),
     }
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -112,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     elif history is not None:
         logger.warning("the log history holds no training loss: no loss curve")
 
-    scores = {k: metrics[k] for k in (*SCORE_KEYS, "shapes_accuracy") if k in metrics}
+    scores = {k: metrics[k] for k in (*SCORE_KEYS, "shapes_accuracy", *QUESTION_SCORE_KEYS) if k in metrics}
     print(f"{args.model} on {args.dataset} [{args.split}], {len(predictions)} images")
     print(format_metrics(scores, metrics["decoding"]))
     for name, reason in metrics.get("unavailable", {}).items():

@@ -20,6 +20,9 @@ from PIL import Image
 from transformers import TrainingArguments
 
 from conftest import REPO_ROOT, make_config, make_images, make_model, make_processor
+from minivlm.data.grounding import parse_boxes
+from minivlm.evaluation.boxes import box_metrics
+from minivlm.evaluation.vqa import vqa_accuracy
 from minivlm.data.collator import CaptionCollator
 from minivlm.evaluation.metrics import compute_caption_metrics
 from minivlm.data.shapes import generate_shapes_dataset, shapes_accuracy
@@ -200,6 +203,20 @@ def test_evaluate_script_writes_predictions_metrics_and_pictures(saved_model_dir
     assert (metrics["model"], metrics["dataset"], metrics["split"], metrics["num_images"]) == (
         str(model_dir), "shapes", "test", 12)
 
+    # The shapes set's questions are answered and scored too: answers by VQA accuracy, boxes by IoU.
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    asked = [(r["id"], qa["question"], qa["answer"]) for r in records.values() for qa in r["questions"]]
+    assert sorted((a["id"], a["question"], a["answers"][0]) for a in answers) == sorted(asked)
+    assert metrics["num_questions"] == len(asked)
+    plain = [a for a in answers if a["type"] != "box"]
+    assert metrics["vqa_accuracy"] == pytest.approx(sum(vqa_accuracy(a["prediction"], a["answers"]) for a in plain)
+                                                    / len(plain))
+    boxes = [a for a in answers if a["type"] == "box"]
+    expected_boxes = box_metrics([(parse_boxes(a["prediction"]) or [None])[0] for a in boxes],
+                                 [parse_boxes(a["answers"][0])[0] for a in boxes])
+    assert metrics["box_accuracy"] == pytest.approx(expected_boxes["box_accuracy"])
+    assert metrics["box_mean_iou"] == pytest.approx(expected_boxes["box_mean_iou"])
+
     assert_png(out / "patch_heatmap.png")
     assert_png(out / "loss_curve.png")
     printed = capsys.readouterr().out
@@ -308,3 +325,18 @@ def test_evaluate_script_runs_from_the_command_line():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--num_beams" in result.stdout and "--shapes_dir" in result.stdout
+
+
+def test_eval_callback_adds_answer_and_box_scores_when_given_questions(model, processor, tmp_path):
+    from minivlm.evaluation.answering import evaluate_answers, load_question_dataset
+    from minivlm.evaluation.captioning import load_evaluation_dataset
+
+    shapes_dir = generate_shapes_dataset(tmp_path / "shapes", num_train=0, num_validation=3, num_test=0, image_size=32)
+    captions = load_evaluation_dataset(str(shapes_dir), "validation")
+    questions = load_question_dataset(str(shapes_dir), "validation")
+    callback = CaptionEvalCallback(processor, captions, questions=questions, decoding={"max_new_tokens": 4})
+    scores = callback.compute(model)
+    _, expected = evaluate_answers(model, processor, questions)
+    for key in ("vqa_accuracy", "box_accuracy", "box_mean_iou"):
+        assert scores[key] == pytest.approx(expected[key])
+    assert "cider" in scores and "shapes_accuracy" in scores

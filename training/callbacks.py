@@ -33,7 +33,7 @@ class CaptionEpochCallback(TrainerCallback):
     resumes mid-epoch, so `int(state.epoch)` is the 0-based index of the epoch under way.
     """
 
-    def __init__(self, collator: CaptionCollator):
+    def __init__(self, collator):
         self.collator = collator
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -98,6 +98,9 @@ class CaptionEvalCallback(TrainerCallback):
         every_n_steps: also evaluate every N steps (None: only when the Trainer evaluates).
         decoding, batch_size, prompt: as for `evaluate_captions` (the prompt the model trains with).
         meteor: METEOR costs a JVM start; off by default.
+        questions: optional questions about validation images (`evaluation.answering.load_questions`):
+            their ``vqa_accuracy`` (and ``box_accuracy``, ``box_mean_iou`` when answers are boxes) join
+            the caption metrics.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class CaptionEvalCallback(TrainerCallback):
         batch_size: int = 32,
         prompt: str = "",
         meteor: bool | None = False,
+        questions: datasets.Dataset | None = None,
     ):
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be at least 1 (or None), got {every_n_steps}")
@@ -123,6 +127,7 @@ class CaptionEvalCallback(TrainerCallback):
         self.batch_size = batch_size
         self.prompt = prompt
         self.meteor = meteor
+        self.questions = questions
         self.last_predictions: list[dict[str, Any]] = []
         self._step_scores: tuple[int, dict[str, float]] | None = None  # from on_step_end, for on_evaluate
 
@@ -134,7 +139,13 @@ class CaptionEvalCallback(TrainerCallback):
         )
         self.last_predictions = predictions
         # A None (METEOR off) would break the Trainer's best-metric comparison: leave it out.
-        return {k: float(metrics[k]) for k in (*SCORE_KEYS, "shapes_accuracy") if metrics.get(k) is not None}
+        scores = {k: float(metrics[k]) for k in (*SCORE_KEYS, "shapes_accuracy") if metrics.get(k) is not None}
+        if self.questions is not None:
+            from minivlm.evaluation.answering import QUESTION_SCORE_KEYS, evaluate_answers
+
+            _, answer_metrics = evaluate_answers(model, self.processor, self.questions, batch_size=self.batch_size)
+            scores.update({k: float(answer_metrics[k]) for k in QUESTION_SCORE_KEYS if k in answer_metrics})
+        return scores
 
     @staticmethod
     def _log(state, prefix: str, scores: dict[str, float]) -> dict[str, float]:

@@ -313,7 +313,7 @@ def prepare_output_dir(model_args, data_args, training_args) -> None:
 def prepare_shapes_set(data_args, training_args) -> None:
     """With `--dataset shapes`: the set in `--shapes_dir`, generated once per machine (the local main
     process writes it while the others wait), only into a new, empty or generator-made folder."""
-    if data_args.dataset != "shapes":
+    if "shapes" not in data_args.dataset.split(","):
         return
     from minivlm.data.shapes import ensure_shapes_dataset
 

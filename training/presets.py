@@ -70,3 +70,14 @@ PRESETS: dict[str, dict] = {
         "logging_steps": 10,
     },
 }
+
+# shapes-tiny taught to caption, answer questions and ground objects (the instruct demo's): one
+# row per training image holds its captions and its questions (objects, colour, count, yes/no,
+# where, and its box on the 0-1000 grid); the collator packs this epoch's caption and every
+# question as single-turn examples that share the image (encoded once).
+PRESETS["shapes-instruct"] = {
+    **PRESETS["shapes-tiny"],
+    "dataset": "shapes",
+    "dataset_format": "shapes-instruct",
+    "num_train_epochs": 10,
+}

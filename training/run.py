@@ -18,6 +18,7 @@ from transformers import AutoProcessor, HfArgumentParser, set_seed
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
 from minivlm.data.collator import CaptionCollator
+from minivlm.data.conversations import load_eval_questions, load_training_data, training_texts
 from minivlm.data.loading import caption_column_argument, load_dataset_splits
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features
 from minivlm.data.tokenizer import build_word_level_tokenizer
@@ -102,6 +103,15 @@ class DataArguments:
                           "(eval_cider works with --metric_for_best_model); the final scores go in the model card."},
     )
     prompt: str = field(default="", metadata={"help": "Text between image and caption, the same at inference."})
+    dataset_format: str | None = field(
+        default=None,
+        metadata={"help": "Format of each --dataset (comma-separated): auto, captions, chat, llava, cauldron, vqa, "
+                          "shapes-questions. Set it (or give several datasets) to train on conversations."},
+    )
+    dataset_weights: str | None = field(
+        default=None, metadata={"help": "Sampling weights of the datasets, comma-separated (default: all rows once)."}
+    )
+    image_folder: str | None = field(default=None, metadata={"help": "Where LLaVA JSON image paths are relative to."})
     shapes_dir: str = field(default="data/shapes", metadata={"help": "Where the shapes set is generated."})
     shapes_num_train: int = field(default=3000)
     shapes_num_eval: int = field(default=200)
@@ -153,7 +163,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 def load_data(data_args: DataArguments, seed: int):
     """The training split and the evaluation split (or None), through the one data entry point:
     the shapes set resolved (generated when missing), both cleaned, the evaluation split with the
-    shapes ``objects`` that ``eval_shapes_accuracy`` needs."""
+    shapes ``objects`` that ``eval_shapes_accuracy`` needs. Conversation formats and mixtures of
+    sources (`--dataset_format`, `--dataset a,b`) go through `minivlm.data.conversations`."""
+    if data_args.dataset_format or "," in data_args.dataset:
+        return load_training_data(data_args, seed)  # conversations, mixtures
     return load_dataset_splits(
         data_args.dataset, train_split=data_args.train_split, eval_split=data_args.eval_split,
         max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
@@ -180,7 +193,7 @@ def build_model(model_args: ModelArguments, train_dataset) -> tuple[MiniVLMForCo
     if model_args.tiny_vision_config or model_args.tiny_text_config:
         if not (model_args.tiny_vision_config and model_args.tiny_text_config):
             raise ValueError("a tiny model needs both --tiny_vision_config and --tiny_text_config.")
-        tokenizer = build_word_level_tokenizer(c for captions in train_dataset["captions"] for c in captions)
+        tokenizer = build_word_level_tokenizer(training_texts(train_dataset))
         return builder.build_from_configs(
             json.loads(model_args.tiny_vision_config), json.loads(model_args.tiny_text_config), tokenizer,
             attn_implementation=attn, **config_kwargs,
@@ -262,6 +275,7 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
         caption_eval = CaptionEvalCallback(
             processor, eval_dataset, max_samples=data_args.caption_eval_samples, prompt=data_args.prompt,
             batch_size=training_args.per_device_eval_batch_size,
+            questions=load_eval_questions(data_args, data_args.caption_eval_samples),
         )
         extra_callbacks.insert(0, caption_eval)  # before any early stopping that reads its metrics
     trainer = MiniVLMTrainer(

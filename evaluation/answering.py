@@ -1,0 +1,150 @@
+"""Question answering and grounding evaluation: batched answers, VQA accuracy, box IoU.
+
+- `answer_questions`: one answer per (image, question), batched; each question is a one-turn
+  conversation rendered by the processor's chat template, as `pipeline("image-text-to-text")` does.
+- `evaluate_answers`: answers scored against their references: `vqa_accuracy` (VQAv2 normalisation)
+  over all questions and per question type, and, for the questions whose reference holds a box
+  (`[x1, y1, x2, y2]`, see `minivlm.data.grounding`), `box_accuracy` (IoU >= 0.5) and `box_mean_iou`.
+- `load_question_dataset`: the questions of a split of the shapes set (its `metadata.jsonl`), flat:
+  ``image``, ``id``, ``type``, ``question``, ``answer``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers.utils.logging import tqdm
+
+from minivlm.data.grounding import parse_boxes
+from minivlm.evaluation.boxes import box_metrics
+from minivlm.evaluation.vqa import vqa_accuracy
+
+__all__ = ["QUESTION_SCORE_KEYS", "answer_questions", "evaluate_answers", "load_question_dataset", "load_questions"]
+
+# The numbers `evaluate_answers` returns (per-type accuracies come as `vqa_accuracy_<type>` besides).
+QUESTION_SCORE_KEYS = ("vqa_accuracy", "box_accuracy", "box_mean_iou")
+
+
+def answer_questions(
+    model: torch.nn.Module,
+    processor,
+    images: list[Any],
+    questions: list[str],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 16,
+    progress: bool = False,
+    **generate_kwargs: Any,
+) -> list[str]:
+    """Greedy answers to `questions[i]` about `images[i]`, in order (stripped, special tokens removed)."""
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images but {len(questions)} questions")
+    answers: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(questions), batch_size), desc="Answering", disable=not progress):
+                batch_questions = questions[start:start + batch_size]
+                prompts = [processor.apply_chat_template(
+                    [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                    add_generation_prompt=True) for q in batch_questions]
+                inputs = processor(images=images[start:start + batch_size], text=prompts, padding=True,
+                                   return_tensors="pt").to(model.device)
+                generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
+                answers += processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1]:])
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def evaluate_answers(
+    model: torch.nn.Module, processor, dataset: datasets.Dataset | list[dict[str, Any]], *, batch_size: int = 32,
+    max_new_tokens: int = 16, progress: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Answers every question of `dataset` (rows with ``image``, ``question``, ``answer`` or ``answers``, and
+    optionally ``type`` and ``id``) and scores them.
+
+    Returns ``(predictions, metrics)``: predictions ``[{"id", "type", "question", "prediction",
+    "answers"}]``; metrics ``vqa_accuracy`` (over the questions without a box), ``vqa_accuracy_<type>``
+    per type, and for the questions whose reference is a box ``box_accuracy``, ``box_mean_iou``.
+    """
+    rows = list(dataset)
+    predictions = answer_questions(model, processor, [r["image"] for r in rows], [r["question"] for r in rows],
+                                   batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+    records, by_type = [], defaultdict(list)
+    predicted_boxes, target_boxes = [], []
+    for row, prediction in zip(rows, predictions):
+        references = row.get("answers") or [row["answer"]]
+        references = [references] if isinstance(references, str) else list(references)
+        record = {"id": row.get("id"), "type": row.get("type"), "question": row["question"],
+                  "prediction": prediction, "answers": references}
+        target = parse_boxes(references[0])
+        if target:
+            predicted = parse_boxes(prediction)
+            predicted_boxes.append(predicted[0] if predicted else None)
+            target_boxes.append(target[0])
+        else:
+            record["accuracy"] = vqa_accuracy(prediction, references)
+            by_type[row.get("type") or "all"].append(record["accuracy"])
+        records.append(record)
+    metrics: dict[str, float] = {}
+    scored = [a for values in by_type.values() for a in values]
+    if scored:
+        metrics["vqa_accuracy"] = sum(scored) / len(scored)
+        if len(by_type) > 1:
+            metrics.update({f"vqa_accuracy_{t}": sum(v) / len(v) for t, v in sorted(by_type.items())})
+    if target_boxes:
+        metrics.update(box_metrics(predicted_boxes, target_boxes))
+    return records, metrics
+
+
+def load_question_dataset(dataset: str, split: str = "test", max_samples: int | None = None) -> datasets.Dataset:
+    """The questions of a split of the shapes set, one row each: ``image``, ``id``, ``type``, ``question``, ``answer``.
+
+    `max_samples` keeps the questions of the first N images.
+    """
+    metadata = Path(dataset) / split / "metadata.jsonl"
+    if not metadata.is_file():
+        raise ValueError(f"{metadata} not found; pass the folder the shapes set was written to (--shapes_dir).")
+    records = [json.loads(line) for line in metadata.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if records and "questions" not in records[0]:
+        raise ValueError(f"{metadata} holds no questions: the set was written by an older version; generate it again.")
+    rows = {"image": [], "id": [], "type": [], "question": [], "answer": []}
+    for record in records[:max_samples]:
+        for qa in record["questions"]:
+            rows["image"].append(str(metadata.parent / record["file_name"]))
+            rows["id"].append(str(record["id"]))
+            for key in ("type", "question", "answer"):
+                rows[key].append(qa[key])
+    return datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())
+
+
+def load_questions(source: str, split: str, max_samples: int | None = None, seed: int = 42) -> datasets.Dataset | None:
+    """Questions to score in a split, or None when it has none: the shapes set's (its metadata), or a
+    dataset with VQA columns (``image``, ``question``, ``answer`` or ``answers``; `max_samples` rows, seeded)."""
+    metadata = Path(source) / split / "metadata.jsonl"
+    if metadata.is_file():
+        first = metadata.read_text(encoding="utf-8").split("\n", 1)[0]
+        return load_question_dataset(source, split, max_samples) if '"questions"' in first else None
+    from minivlm.data.adapters import _load_split
+
+    try:
+        raw = _load_split(source, split, None, None)
+    except (ValueError, FileNotFoundError):
+        return None
+    if "question" not in raw.column_names or not {"answer", "answers"} & set(raw.column_names):
+        return None
+    if max_samples is not None and max_samples < len(raw):
+        raw = raw.shuffle(seed=seed).select(range(max_samples))
+    if "answers" in raw.column_names:
+        def flatten(batch):
+            return {"answers": [[a.get("answer", "") if isinstance(a, dict) else a for a in answers]
+                                for answers in batch["answers"]]}
+        raw = raw.map(flatten, batched=True)
+    return raw

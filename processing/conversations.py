@@ -1,0 +1,410 @@
+"""Instruction data adapters: any supported source as conversations, cleaning, and mixtures.
+
+The conversation view is the chat format TRL uses, as a `datasets.Dataset` with the columns
+
+- ``messages``: ``[{"role": "user" | "assistant" | "system", "content": [{"type": "image" | "text", "text": str | None}]}]``,
+- ``images``: the images (a list of `datasets.Image()`), in the order their image parts appear,
+- ``id``: a string id.
+
+Adapters (each returns that view):
+
+- `from_chat`: HF chat format (``messages`` + ``images``; string contents become one text part),
+- `from_llava`: LLaVA's instruct JSON (``conversations`` with ``from``/``value``, ``<image>`` markers,
+  ``image``: a path, relative to ``image_folder``, or a list of them),
+- `from_cauldron`: the_cauldron style (``images``, ``texts`` with ``user``/``assistant``; the images
+  go with the first question),
+- `from_vqa`: VQA columns (``question`` + ``answer``, or ``answers``: a list of strings or of
+  ``{"answer": ...}`` dicts, VQAv2 style; the most frequent answer is the target),
+- `from_shapes_questions`: the questions the synthetic shapes set writes in its metadata;
+  `from_shapes_instruct`: its captions and questions together, one row per image.
+
+Caption sources stay in the caption view of `minivlm.data.adapters` (``image``, ``captions``,
+``id``): the collator turns each into a one-turn conversation with a reference drawn per epoch.
+`to_training_view` gives both views one schema so they mix (`mix_datasets`, with weights).
+`clean_conversations` drops unusable rows with one counted warning, as `clean_caption_dataset` does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+__all__ = [
+    "MESSAGES", "CONVERSATION_FEATURES", "FORMATS", "detect_format", "from_chat", "from_llava", "from_cauldron",
+    "from_vqa", "from_shapes_questions", "from_shapes_instruct", "to_conversations", "clean_conversations", "to_training_view",
+    "mix_datasets", "training_texts",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_MARKER = "<image>"
+_PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
+MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_PART)})
+CONVERSATION_FEATURES = datasets.Features(
+    {"messages": MESSAGES, "images": datasets.List(datasets.Image()), "id": datasets.Value("string")}
+)
+TRAINING_FEATURES = datasets.Features({**CONVERSATION_FEATURES, "captions": datasets.List(datasets.Value("string"))})
+FORMATS = ("captions", "chat", "llava", "cauldron", "vqa", "shapes-questions", "shapes-instruct")
+_LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def _text(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+_IMAGE = {"type": "image", "text": None}
+
+
+def _split_markers(value: str) -> list[dict[str, Any]]:
+    """A LLaVA turn's text as parts: an image part for every `<image>` marker, the text around it."""
+    parts = []
+    for index, piece in enumerate(value.split(IMAGE_MARKER)):
+        if index:
+            parts.append(dict(_IMAGE))
+        piece = piece.strip("\n")
+        if piece:
+            parts.append(_text(piece))
+    return parts
+
+
+def _normalise_message(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if content is None:
+        parts = []
+    elif isinstance(content, str):
+        parts = [_text(content)]
+    else:  # image parts may carry the image itself ({"type": "image", "image": ...}): it goes to `images`
+        parts = [dict(_IMAGE) if part.get("type") == "image" else _text(part.get("text") or "") for part in content]
+    return {"role": message.get("role"), "content": parts}
+
+
+def _image_value(image: Any, image_folder: str | Path | None) -> Any:
+    if isinstance(image, str) and image_folder is not None and not Path(image).is_absolute():
+        return str(Path(image_folder) / image)
+    return image
+
+
+def _build(rows: Iterable[dict[str, Any]]) -> datasets.Dataset:
+    rows = list(rows)
+    return datasets.Dataset.from_list(rows, features=CONVERSATION_FEATURES)
+
+
+def _ids(ds: datasets.Dataset) -> list[str]:
+    return [str(i) for i in ds["id"]] if "id" in ds.column_names else [str(i) for i in range(len(ds))]
+
+
+def from_chat(ds: datasets.Dataset, messages_column: str = "messages", images_column: str = "images") -> datasets.Dataset:
+    """HF chat format (TRL's): a ``messages`` column and an ``images`` column (a list, or one image)."""
+    _require(ds, [messages_column], "chat")
+    images = ds[images_column] if images_column in ds.column_names else [[] for _ in range(len(ds))]
+    rows = []
+    for messages, row_images, example_id in zip(ds[messages_column], images, _ids(ds)):
+        if row_images is None:
+            row_images = []
+        elif not isinstance(row_images, list):
+            row_images = [row_images]
+        rows.append({"messages": [_normalise_message(m) for m in messages], "images": row_images, "id": example_id})
+    return _build(rows)
+
+
+def from_llava(
+    source: datasets.Dataset | Sequence[dict[str, Any]] | str | Path, image_folder: str | Path | None = None
+) -> datasets.Dataset:
+    """LLaVA's instruct JSON: rows ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}``.
+
+    ``source`` is a Dataset, a list of rows, or the path of the JSON file (then ``image_folder``
+    defaults to its folder). ``<image>`` markers in the turns become image parts; ``image`` is a
+    path (relative to ``image_folder``), a list of paths, or absent (a text-only row).
+    """
+    if isinstance(source, (str, Path)):
+        image_folder = image_folder if image_folder is not None else Path(source).parent
+        source = json.loads(Path(source).read_text(encoding="utf-8"))
+    records = source.to_list() if isinstance(source, datasets.Dataset) else list(source)
+    rows = []
+    for index, record in enumerate(records):
+        messages = [{"role": _LLAVA_ROLES.get(str(turn.get("from", "")).lower(), str(turn.get("from"))),
+                     "content": _split_markers(turn.get("value") or "")} for turn in record.get("conversations") or []]
+        image = record.get("image")
+        images = [] if image is None else image if isinstance(image, list) else [image]
+        rows.append({"messages": messages, "images": [_image_value(i, image_folder) for i in images],
+                     "id": str(record.get("id", index))})
+    return _build(rows)
+
+
+def from_cauldron(ds: datasets.Dataset, images_column: str = "images", texts_column: str = "texts") -> datasets.Dataset:
+    """the_cauldron style: ``images`` (a list) and ``texts`` (``[{"user", "assistant", "source"}]``).
+
+    The images go at the start of the first user turn, as the_cauldron's own formatting does.
+    """
+    _require(ds, [images_column, texts_column], "cauldron")
+    rows = []
+    for images, texts, example_id in zip(ds[images_column], ds[texts_column], _ids(ds)):
+        images = list(images or [])
+        messages = []
+        for turn, qa in enumerate(texts or []):
+            user = ([dict(_IMAGE) for _ in images] if turn == 0 else []) + [_text(qa.get("user") or "")]
+            messages += [{"role": "user", "content": user},
+                         {"role": "assistant", "content": [_text(qa.get("assistant") or "")]}]
+        rows.append({"messages": messages, "images": images, "id": example_id})
+    return _build(rows)
+
+
+def vqa_target(answers: Sequence[Any]) -> str:
+    """The training answer of a VQA row: the most frequent of its answers (ties: the first given)."""
+    texts = [a.get("answer", "") if isinstance(a, dict) else a for a in answers]
+    texts = [t.strip() for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        return ""
+    counts = Counter(texts)
+    return max(texts, key=lambda t: (counts[t], -texts.index(t)))
+
+
+def from_vqa(
+    ds: datasets.Dataset, image_column: str = "image", question_column: str = "question", answer_column: str | None = None
+) -> datasets.Dataset:
+    """VQA columns: ``image``, ``question`` and ``answer`` (a string) or ``answers`` (VQAv2's list)."""
+    if answer_column is None:
+        answer_column = "answer" if "answer" in ds.column_names else "answers"
+    _require(ds, [image_column, question_column, answer_column], "vqa")
+    rows = []
+    for image, question, answer, example_id in zip(ds[image_column], ds[question_column], ds[answer_column], _ids(ds)):
+        target = answer.strip() if isinstance(answer, str) else vqa_target(answer or [])
+        rows.append({"messages": [{"role": "user", "content": [dict(_IMAGE), _text(question or "")]},
+                                  {"role": "assistant", "content": [_text(target)]}],
+                     "images": [image], "id": example_id})
+    return _build(rows)
+
+
+def from_shapes_questions(ds: datasets.Dataset, max_turns: int | None = None) -> datasets.Dataset:
+    """The shapes set's imagefolder split (``image``, ``questions``, ``id``): each image's questions as one
+    multi-turn conversation (see `minivlm.data.shapes.shapes_conversation`)."""
+    from minivlm.data.shapes import shapes_conversation
+
+    _require(ds, ["image", "questions"], "shapes-questions")
+
+    def convert(batch):
+        return {"messages": [shapes_conversation(q, max_turns) for q in batch["questions"]],
+                "images": [[image] for image in batch["image"]], "id": [str(i) for i in batch["id"]]}
+
+    return ds.map(convert, batched=True, remove_columns=ds.column_names, features=CONVERSATION_FEATURES)
+
+
+def from_shapes_instruct(ds: datasets.Dataset) -> datasets.Dataset:
+    """The shapes set's imagefolder split as one row per image with its captions AND its questions (the
+    training view, `TRAINING_FEATURES`): the collator packs this epoch's caption and every question as
+    single-turn examples sharing the image (see `minivlm.data.collator.ConversationCollator.encode_packed`)."""
+    from minivlm.data.shapes import shapes_conversation
+
+    _require(ds, ["image", "questions", "captions"], "shapes-instruct")
+
+    def convert(batch):
+        return {"messages": [shapes_conversation(q) for q in batch["questions"]],
+                "images": [[image] for image in batch["image"]], "captions": batch["captions"],
+                "id": [str(i) for i in batch["id"]]}
+
+    raw = ds.cast_column("image", datasets.Image(decode=False))
+    return raw.map(convert, batched=True, remove_columns=raw.column_names, features=TRAINING_FEATURES)
+
+
+def _require(ds: datasets.Dataset, columns: list[str], fmt: str) -> None:
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"a {fmt!r} dataset needs the columns {columns}; {missing} not found among {ds.column_names}. "
+                         "Pick the format that matches the data (--dataset_format).")
+
+
+def detect_format(ds: datasets.Dataset) -> str:
+    """The adapter a dataset's columns call for: one of `FORMATS`."""
+    columns = set(ds.column_names)
+    if "messages" in columns:
+        return "chat"
+    if "conversations" in columns:
+        return "llava"
+    if "texts" in columns and "images" in columns:
+        return "cauldron"
+    if "question" in columns and ({"answer", "answers"} & columns):
+        return "vqa"
+    if "questions" in columns and "image" in columns:
+        return "shapes-questions"
+    return "captions"
+
+
+def to_conversations(ds: datasets.Dataset, fmt: str = "auto", image_folder: str | None = None) -> datasets.Dataset:
+    """Any supported instruction dataset in the conversation view (`fmt`: one of `FORMATS` or "auto")."""
+    fmt = detect_format(ds) if fmt == "auto" else fmt
+    adapters = {"chat": from_chat, "cauldron": from_cauldron, "vqa": from_vqa, "shapes-questions": from_shapes_questions,
+                "shapes-instruct": from_shapes_instruct,
+                "llava": lambda d: from_llava(d, image_folder)}
+    if fmt not in adapters:
+        raise ValueError(f"format {fmt!r} is not a conversation format; choose one of {', '.join(adapters)} "
+                         "(caption data goes through minivlm.data.adapters).")
+    return adapters[fmt](ds)
+
+
+def _problem(messages: list[dict[str, Any]], n_images: int) -> str:
+    """Why a conversation cannot be trained on, or "" when it can."""
+    if not any(m.get("role") == "assistant" for m in messages):
+        return "no assistant turn"
+    unknown = {m.get("role") for m in messages} - {"user", "assistant", "system"}
+    if unknown:
+        return "unknown role"
+    for message in messages:
+        if message["role"] == "assistant" and not "".join(p.get("text") or "" for p in message["content"]).strip():
+            return "empty answer"
+    parts = sum(p.get("type") == "image" for m in messages for p in m["content"])
+    if parts != n_images:
+        return "image count not matching the image markers"
+    return ""
+
+
+def clean_conversations(ds: datasets.Dataset, split_name: str = "train") -> datasets.Dataset:
+    """Drops conversations with no assistant turn, an empty answer, an unknown role, or an image count that
+    does not match their image parts (`<image>` markers); logs one warning with the counts by reason.
+
+    Raises ValueError when nothing is left.
+    """
+    reasons = [_problem(m, len(i or [])) for m, i in zip(ds["messages"], ds.select_columns(["images"]).cast_column(
+        "images", datasets.List(datasets.Image(decode=False)))["images"])]
+    bad = Counter(r for r in reasons if r)
+    if bad:
+        keep = [i for i, r in enumerate(reasons) if not r]
+        logger.warning("split %r: dropped %d of %d conversations (%s)", split_name, sum(bad.values()), len(ds),
+                       ", ".join(f"{n} {reason}" for reason, n in bad.most_common()))
+        ds = ds.select(keep)
+    if len(ds) == 0:
+        raise ValueError(f"no usable conversations left in split {split_name!r} ({dict(bad)}); check the data format.")
+    return ds
+
+
+def to_training_view(ds: datasets.Dataset) -> datasets.Dataset:
+    """A caption-view or conversation-view dataset with the columns of both (`TRAINING_FEATURES`), so they mix.
+
+    Caption rows get ``images = [image]`` and no messages; conversation rows get no captions. The
+    collator tells them apart by which of the two is filled.
+    """
+    if "captions" in ds.column_names and "messages" not in ds.column_names:
+        def convert(batch):
+            return {"images": [[image] for image in batch["image"]], "messages": [[] for _ in batch["id"]],
+                    "captions": batch["captions"], "id": batch["id"]}
+        raw = ds.cast_column("image", datasets.Image(decode=False))
+        return raw.map(convert, batched=True, remove_columns=raw.column_names,
+                       features=TRAINING_FEATURES.copy()).cast(TRAINING_FEATURES)
+    if "captions" not in ds.column_names:
+        ds = ds.add_column("captions", [[] for _ in range(len(ds))])
+    return ds.select_columns(list(TRAINING_FEATURES)).cast(TRAINING_FEATURES)
+
+
+def mix_datasets(
+    sources: Sequence[datasets.Dataset], weights: Sequence[float] | None = None, seed: int = 42
+) -> datasets.Dataset:
+    """One training set from several (caption or conversation view): all rows once, or with `weights`
+    sampled in those proportions (`datasets.interleave_datasets`, seeded, until every source is used up)."""
+    sources = [to_training_view(ds) for ds in sources]
+    if len(sources) == 1:
+        return sources[0]
+    if weights is None:
+        return datasets.concatenate_datasets(sources)
+    if len(weights) != len(sources) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"--dataset_weights {list(weights)} must give one non-negative weight per dataset "
+                         f"({len(sources)}), not all zero.")
+    total = sum(weights)
+    return datasets.interleave_datasets(sources, probabilities=[w / total for w in weights], seed=seed,
+                                        stopping_strategy="all_exhausted")
+
+
+def training_texts(ds: datasets.Dataset, chat_template: str | None = None) -> Iterable[str]:
+    """Every text a training set puts before the tokenizer: its captions, and its conversations as the chat
+    template renders them (what a word-level tokenizer's vocabulary is built from)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from minivlm.processing_minivlm import DEFAULT_CHAT_TEMPLATE
+
+    columns = [c for c in ("captions", "messages") if c in ds.column_names]
+    for row in ds.select_columns(columns):
+        yield from row.get("captions") or []
+        if row.get("messages"):
+            rendered, _ = render_jinja_template([row["messages"]], chat_template=chat_template or DEFAULT_CHAT_TEMPLATE,
+                                                eos_token=" ")
+            yield " ".join(rendered[0].replace(IMAGE_MARKER, " ").split())
+
+
+
+def _split_list(value: str | None) -> list[str]:
+    return [item.strip() for item in value.split(",")] if value else []
+
+
+def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The training split of `--dataset` (one or several, comma-separated, mixed by `--dataset_weights`) in
+    the training view, cleaned, and the evaluation split of the first source in its own view (or None).
+
+    `--dataset_format` names each source's format (`FORMATS`, or "auto" to detect it from the columns);
+    one dataset with several formats reads that dataset once per format (the shapes set's captions and
+    its questions). A `.json` file is LLaVA's instruct JSON, its images under `--image_folder`.
+    """
+    from minivlm.data.adapters import _load_split, clean_caption_dataset, load_caption_dataset
+
+    names, formats = _split_list(data_args.dataset), _split_list(data_args.dataset_format) or ["auto"]
+    if len(names) == 1 and len(formats) > 1:
+        names = names * len(formats)
+    if len(formats) == 1 and len(names) > 1:
+        formats = formats * len(names)
+    if len(names) != len(formats):
+        raise ValueError(f"--dataset names {len(names)} source(s) but --dataset_format {len(formats)} format(s); "
+                         "give one format per dataset (or one for all).")
+    bad = [f for f in formats if f != "auto" and f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown --dataset_format {bad}; choose from auto, {', '.join(FORMATS)}.")
+    weights = [float(w) for w in _split_list(data_args.dataset_weights)] or None
+
+    def load(name: str, fmt: str, split: str, max_samples: int | None) -> datasets.Dataset:
+        if name == "shapes":
+            from minivlm.data.loading import resolve_dataset
+
+            name = resolve_dataset(name, shapes_dir=data_args.shapes_dir, split=split, num_train=data_args.shapes_num_train,
+                                   num_eval=data_args.shapes_num_eval, image_size=data_args.shapes_image_size, seed=seed)
+        if name.endswith(".json"):
+            ds = from_llava(name, data_args.image_folder)
+        else:
+            raw = _load_split(name, split, data_args.dataset_config, None)
+            if fmt == "captions" or (fmt == "auto" and detect_format(raw) == "captions"):
+                columns = data_args.caption_column.split(",") if data_args.caption_column else None
+                ds = load_caption_dataset(name, split, dataset_config=data_args.dataset_config,
+                                          image_column=data_args.image_column,
+                                          caption_column=columns[0] if columns and len(columns) == 1 else columns,
+                                          max_samples=max_samples, seed=seed)
+                return clean_caption_dataset(ds, max_bad_fraction=data_args.max_bad_fraction, split_name=split)
+            if fmt.startswith("shapes-") and "questions" not in raw.column_names:
+                raise ValueError(f"{name} has no questions: it was written by an older version of the shapes set; "
+                                 "delete the folder (or pick another --shapes_dir) to generate it again.")
+            ds = to_conversations(raw, fmt, image_folder=data_args.image_folder)
+        if max_samples is not None and max_samples < len(ds):
+            ds = ds.shuffle(seed=seed).select(range(max_samples))
+        return clean_conversations(ds, split_name=split)
+
+    train = mix_datasets([load(n, f, data_args.train_split, data_args.max_train_samples) for n, f in zip(names, formats)],
+                         weights, seed)
+    evaluation = None
+    if data_args.eval_split:
+        try:
+            evaluation = load(names[0], formats[0], data_args.eval_split, data_args.max_eval_samples)
+        except ValueError as error:
+            logger.warning("No evaluation split: %s", error)
+    return train, evaluation
+
+
+def load_eval_questions(data_args: Any, max_images: int | None) -> datasets.Dataset | None:
+    """Questions of the evaluation split of the first `--dataset` for the evaluation callback, or None
+    (no evaluation split, or a split without questions)."""
+    from minivlm.evaluation.answering import load_questions
+
+    formats = _split_list(data_args.dataset_format)
+    if not data_args.eval_split or all(f == "captions" for f in formats):
+        return None  # a captioner: no questions to ask it
+    name = _split_list(data_args.dataset)[0]
+    return load_questions(data_args.shapes_dir if name == "shapes" else name, data_args.eval_split, max_images)
