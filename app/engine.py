@@ -154,7 +154,9 @@ class ChatModel:
                  max_turns: int = 3, max_new_tokens: int = 32, name: str = "MiniVLM"):
         self.model = model.eval()
         self.processor = processor
-        self.chat = template_has_generation_prompt(processor) if chat is None else chat
+        if chat is None:  # a MiniVLM trained on questions says so in its config; other models by their template
+            chat = bool(getattr(model.config, "instruction_tuned", False)) or template_has_generation_prompt(processor)
+        self.chat = chat
         self.caption_prompt = caption_prompt
         self.max_turns = max_turns
         self.max_new_tokens = max_new_tokens

@@ -96,6 +96,9 @@ class MiniVLMConfig(PreTrainedConfig):
         custom_pipelines (`dict`, *optional*):
             Declares the remote-code `image-to-text` pipeline so that
             `pipeline("image-to-text", model=..., trust_remote_code=True)` accepts a bare image.
+        instruction_tuned (`bool`, *optional*, defaults to `False`):
+            Whether the model was trained on questions and answers (conversations) as well as
+            captions. Set by training; apps read it to offer a chat or captions only.
 
     Example:
 
@@ -126,6 +129,7 @@ class MiniVLMConfig(PreTrainedConfig):
     pixel_shuffle_factor: int = 1
     tie_word_embeddings: bool = True
     custom_pipelines: dict | None = None
+    instruction_tuned: bool = False
     auto_map: dict | None = None
 
     def __post_init__(self, **kwargs):

@@ -311,3 +311,13 @@ def test_the_page_captions_an_upload_and_answers_in_chromium(tmp_path):
     shot = Image.open(screenshot).convert("L")
     assert len(set(shot.resize((64, 64)).getdata())) > 8  # a rendered page, not a blank one
     print(f"browser test: {time.perf_counter() - started:.1f}s, screenshot {screenshot}")
+
+
+def test_an_instruction_tuned_config_turns_the_chat_on_and_a_captioner_stays_captions_only():
+    config = make_config()
+    model, processor = make_model(config), make_processor(config)
+    # MiniVLM's template has an empty generation prompt (captioning is the one-turn chat): the
+    # template cannot tell a captioner from a model trained on questions, the config does.
+    assert not template_has_generation_prompt(processor) and not ChatModel(model, processor).chat
+    model.config.instruction_tuned = True
+    assert ChatModel(model, processor).chat

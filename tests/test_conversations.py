@@ -141,6 +141,10 @@ def test_train_script_mixes_captions_and_questions_then_continues_from_the_check
     first.create_model_card()
     card = (tmp_path / "stage1" / "README.md").read_text()
     assert "vqa_accuracy" in card and "box_accuracy" in card  # the callback's answer scores reach the card
+    # The saved config says the model answers questions: apps offer a chat for it.
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "stage1", trust_remote_code=True).instruction_tuned is True
     # The second stage: questions only, from the first stage's folder.
     second = train(*parse_args(tiny_argv(tmp_path / "stage2", shapes, "--max_steps", "2", "--dataset_format",
                                          "shapes-questions", "--model_name_or_path", str(tmp_path / "stage1"))))

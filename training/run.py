@@ -237,6 +237,8 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
     train_dataset, eval_dataset = load_data(data_args, training_args.seed)
     model, processor = build_model(model_args, train_dataset)
     apply_freezing(model, model_args.freeze)
+    if "messages" in train_dataset.column_names:  # questions and answers, not only captions
+        model.config.instruction_tuned = True
     model = apply_lora_from_args(model, model_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("MiniVLM: %s parameters, %s trainable (freeze=%s)",
