@@ -1,7 +1,5 @@
-"""Boxes in answers: the documented text format `[x1, y1, x2, y2]` on a 0–1000 grid, parsed and drawn.
-
-The one place the app reads boxes out of text: swap `parse_boxes` for the project's grounding
-parser when there is one; `draw_boxes` only needs `Box` objects.
+"""Boxes in answers, for the page: the project's text format `[x1, y1, x2, y2]` (integers on a
+0–1000 grid, `minivlm.data.grounding`), read with a label and checked, and drawn large.
 """
 
 import re
@@ -9,10 +7,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
+from minivlm.data.grounding import BOX_PATTERN, GRID
 
-GRID = 1000  # coordinates are 0..GRID along each side, whatever the image size
-_NUMBER = r"(\d+(?:\.\d+)?)"
-BOX_PATTERN = re.compile(r"\[\s*" + r"\s*,\s*".join([_NUMBER] * 4) + r"\s*\]")
 # Words that describe the box before it: "the red circle [..]" → "red circle".
 _LABEL_STOPWORDS = {"a", "an", "the", "is", "at", "in", "of", "and", "it", "its", "there", "are", "on", "with"}
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
@@ -52,7 +48,7 @@ def parse_boxes(text: str) -> list[Box]:
         x1, y1, x2, y2 = (float(v) for v in match.groups())
         label = _label(text[start : match.start()])
         start = match.end()
-        if max(x1, y1, x2, y2) > GRID:
+        if max(x1, y1, x2, y2) > GRID or min(x1, y1, x2, y2) < 0:
             continue
         x1, x2 = sorted((x1, x2))
         y1, y2 = sorted((y1, y2))

@@ -67,7 +67,8 @@ def test_parse_boxes_reads_the_documented_format():
     text = "the red circle [100, 200, 300, 400] and a blue square [900,50,600,450]; noise [1, 2, 3] [0, 0, 1200, 5]"
     boxes = parse_boxes(text)
     assert boxes == [Box(100, 200, 300, 400, "red circle"), Box(600, 50, 900, 450, "blue square")]
-    assert parse_boxes("a box [10.5, 20, 30, 40.25]") == [Box(10.5, 20, 30, 40.25, "box")]
+    assert parse_boxes("a box [10, 20, 30, 40]") == [Box(10, 20, 30, 40, "box")]
+    assert parse_boxes("off the image [-10, 20, 30, 40]") == []
     assert parse_boxes("no boxes here, [5, 5, 5, 9] has no area") == []
 
 
