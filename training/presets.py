@@ -80,4 +80,7 @@ PRESETS["shapes-instruct"] = {
     "dataset": "shapes",
     "dataset_format": "shapes-instruct",
     "num_train_epochs": 10,
+    # On the same shapes set and seed, 940 steps: 1e-3 reaches 52.5 % / 72.9 % / 66.9 % (held-out
+    # captions / answers / boxes), 2e-3 reaches 72.0 % / 88.2 % / 87.8 %.
+    "learning_rate": 2e-3,
 }
