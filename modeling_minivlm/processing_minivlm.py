@@ -200,9 +200,14 @@ class MiniVLMProcessor(ProcessorMixin):
                 )
         return groups
 
+    @property
+    def image_tokens(self) -> str:
+        """The text one image becomes: `image_token` × `image_seq_length` (what each `<image>` expands to)."""
+        return self.image_token * self.image_seq_length
+
     def _expand_image_tokens(self, texts: list[str], groups: list[list]) -> tuple[list[str], list[list[dict]]]:
         """Puts an image first where a text has none, expands each `<image>`; returns the texts and their offsets."""
-        replacement = self.image_token * self.image_seq_length
+        replacement = self.image_tokens
         expanded, offsets = [], []
         for text, group in zip(texts, groups):
             prepended = bool(group) and self.image_token not in text

@@ -178,7 +178,9 @@ class ConversationCollator:
         position = 0
         for start, end in [*spans, (len(text), len(text))]:
             if start > position or not ids:
-                context = tokenizer(text[position:start], add_special_tokens=not ids)["input_ids"]
+                # Images sit in user turns only: each `<image>` becomes the processor's image tokens.
+                piece = text[position:start].replace(processor.image_token, processor.image_tokens)
+                context = tokenizer(piece, add_special_tokens=not ids)["input_ids"]
                 ids += context
                 labels += [-100] * len(context)
             if end > start:
@@ -188,17 +190,7 @@ class ConversationCollator:
                 ids += target
                 labels += target
             position = end
-        # One `<image>` token per image in the text: expand each to the image's token sequence.
-        image_id, n = processor.image_token_id, processor.image_seq_length
-        expanded_ids, expanded_labels = [], []
-        for token, label in zip(ids, labels):
-            if token == image_id:
-                expanded_ids += [image_id] * n
-                expanded_labels += [-100] * n
-            else:
-                expanded_ids.append(token)
-                expanded_labels.append(label)
-        return expanded_ids, expanded_labels
+        return ids, labels
 
     # ------------------------------------------------------------------ captions (kept API)
 
