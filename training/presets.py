@@ -56,7 +56,9 @@ PRESETS: dict[str, dict] = {
         "freeze": "none",
         "dataset": "shapes",
         "shapes_image_size": 64,
-        "num_train_epochs": 12,
+        # 18 epochs (1692 steps, about 2 minutes on 2 cores): 98 % of held-out captions right on
+        # the demo's set; 12 epochs gave 89.5 % on the same set.
+        "num_train_epochs": 18,
         "learning_rate": 1e-3,
         "warmup_steps": 0.05,
         "lr_scheduler_type": "cosine",
