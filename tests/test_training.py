@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm.data.adapters import BadDataError
+from minivlm.training.presets import PRESETS
 from minivlm.training.run import apply_freezing, parse_args, train
 from minivlm.training.trainer import EXIT_STOPPED, checkpoint_problem, last_complete_checkpoint
 
@@ -91,7 +92,8 @@ def test_config_file_and_flags_together_flags_win(tmp_path):
     assert (model_args.preset, data_args.dataset, training_args.learning_rate) == ("notebook", "jxie/flickr8k", 2e-4)
     assert model_args.freeze == "vision" and model_args.tiny_text_config is None
     model_args, _, training_args = parse_args(["--preset=shapes-tiny", "--output_dir", str(tmp_path)])
-    assert training_args.num_train_epochs == 12 and json.loads(model_args.tiny_text_config)["model_type"] == "llama"
+    assert training_args.num_train_epochs == PRESETS["shapes-tiny"]["num_train_epochs"] != 3.0  # the preset, not the default
+    assert json.loads(model_args.tiny_text_config)["model_type"] == "llama"
 
     path.write_text("preset: shapes-tiny\nlearning_rat: 1e-3\n")
     with pytest.raises(ValueError, match=r"unknown arguments \['learning_rat'\]"):
