@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from transformers import AutoModel, AutoProcessor, TextIteratorStreamer
 
 from minivlm.image_cache_minivlm import ImagePrefixCache
+from minivlm.processing_minivlm import to_rgb
 
 from .boxes import Box, parse_boxes
 
@@ -77,8 +78,7 @@ def load_image_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES,
                     "limit; upload a smaller image (the model sees it at its own small resolution anyway)."
                 )
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
+            return to_rgb(image)  # upright RGB, as the processor prepares every image
     except UnidentifiedImageError as error:
         raise ImageError(f"{name} is not an image PIL can read; upload a PNG, JPEG, WebP or GIF image.") from error
     except Image.DecompressionBombError as error:
