@@ -15,6 +15,7 @@ to their own longest sequence.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,9 @@ def count_image_parts(messages: list[dict[str, Any]]) -> int:
     return sum(part.get("type") == "image" for message in messages for part in _content_parts(message))
 
 
+_ENCODE_CACHE_SIZE = 100_000  # encoded conversations a collator remembers
+
+
 @dataclass
 class ConversationCollator:
     """Turns conversation and caption examples (mixed freely) into a training batch.
@@ -127,6 +131,7 @@ class ConversationCollator:
     seed: int = 42
     epoch: int = 0
     _context_ids: list[int] | None = field(default=None, init=False, repr=False)
+    _encoded: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         if self.max_caption_tokens < 2:
@@ -163,11 +168,22 @@ class ConversationCollator:
 
         The rendered text is tokenised piece by piece (the spans outside and inside the template's
         `{% generation %}` markers), the first piece as the processor tokenises a prompt, so the
-        context is the exact token sequence the model sees at inference.
+        context is the exact token sequence the model sees at inference. The result depends on the
+        texts alone (an image part renders as `<image>` whatever it holds), so it is remembered per
+        text: captions and questions repeat every epoch, and rendering is most of a batch's cost.
         """
-        processor, tokenizer = self.processor, self.processor.tokenizer
         if not any(message.get("role") == "assistant" for message in messages):
             raise ValueError("a training conversation needs at least one assistant turn (the loss has nothing to cover).")
+        key = json.dumps([self.max_caption_tokens, messages], sort_keys=True, default=lambda value: None)
+        if key not in self._encoded:
+            if len(self._encoded) >= _ENCODE_CACHE_SIZE:
+                self._encoded.clear()
+            self._encoded[key] = self._encode(messages)
+        ids, labels = self._encoded[key]
+        return list(ids), list(labels)
+
+    def _encode(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+        processor, tokenizer = self.processor, self.processor.tokenizer
         rendered, generation = render_jinja_template(
             [messages], chat_template=processor.chat_template, return_assistant_tokens_mask=True,
             **tokenizer.special_tokens_map,

@@ -203,3 +203,18 @@ def test_packed_caption_and_questions_give_the_logits_of_single_turn_examples(pr
         torch.testing.assert_close(packed[start:start + turn], logits[n:])
         start += turn
     assert start == batch["input_ids"].shape[1]
+
+
+def test_encoding_is_remembered_per_text_and_callers_cannot_change_it(processor):
+    collator = ConversationCollator(processor)
+    conversation = chat()
+    first_ids, first_labels = collator.encode(conversation)
+    first_ids.append(-1)  # a caller editing its copy
+    first_labels.clear()
+    assert collator.encode(conversation) == collator._encode(conversation)
+    assert collator.encode(chat(image=make_images(1)[0])) == collator._encode(conversation)  # the image plays no part
+    remembered = len(collator._encoded)
+    other = chat()
+    other[1]["content"][0]["text"] = "blue"
+    assert collator.encode(other) != collator.encode(conversation)
+    assert len(collator._encoded) == remembered + 1
