@@ -2,6 +2,13 @@
 
 A byte-level BPE trained to a vocabulary of a few hundred learns no merges, so the tiny
 models (the shapes demo, the tests) use one token per lower-cased word instead.
+
+It drops question marks. A question's answer is predicted at its last token; after a "?" the model
+must first fetch the question's last word from the token before (what to look for in the image)
+and then look, two steps that a model of three layers learns slowly, while at the word itself it
+looks at once. On the shapes set, the same second stage answered "what colour is the triangle?"
+right for 78 % of held-out images with "?" as a token and for 100 % without it. Every question
+ends with one, so it carries nothing; a BPE tokenizer of a pretrained LM is left as it is.
 """
 
 import re
@@ -13,6 +20,7 @@ from transformers import PreTrainedTokenizerFast
 
 PAD, EOS, UNK, BOS = "<pad>", "<eos>", "<unk>", "<bos>"
 _WORD = re.compile(r"\w+|[^\w\s]")
+DROPPED = "?"  # characters the tokenizer removes (see the module docstring)
 
 
 def build_word_level_tokenizer(
@@ -22,17 +30,20 @@ def build_word_level_tokenizer(
 
     Ids: `<pad>`=0, `<eos>`=1, `<unk>`=2, `<bos>`=3, then the words sorted by decreasing
     frequency (ties alphabetically, so the result is deterministic), then `image_token`.
-    Padding is on the left, for batched generation.
+    Padding is on the left, for batched generation. Question marks are dropped (`DROPPED`).
     """
     counts: dict[str, int] = {}
     for text in texts:
         for word in _WORD.findall(text.lower()):
-            counts[word] = counts.get(word, 0) + 1
+            if word not in DROPPED:
+                counts[word] = counts.get(word, 0) + 1
     words = sorted((w for w, c in counts.items() if c >= min_frequency), key=lambda w: (-counts[w], w))
     vocab = {token: i for i, token in enumerate([PAD, EOS, UNK, BOS, *words])}
 
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    backend.normalizer = normalizers.Lowercase()
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Lowercase(), *(normalizers.Replace(c, " ") for c in DROPPED)]
+    )
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     tokenizer = PreTrainedTokenizerFast(

@@ -52,7 +52,9 @@ def make_chat_parts(seed: int = 1):
     config = make_config(tokenizer, text_config={"tie_word_embeddings": False})
     processor = make_processor(config, tokenizer)
     processor.chat_template = ROLE_TEMPLATE
-    return make_model(config, seed=seed), processor
+    model = make_model(config, seed=seed)
+    model.generation_config.min_new_tokens = 2  # random weights may put EOS first: a reply has words to compare
+    return model, processor
 
 
 def plain_generate(model, processor, image, prompt: str, max_new_tokens: int) -> str:
