@@ -59,6 +59,7 @@ __all__ = [
     "shapes_questions",
     "shapes_conversation",
     "question_vocabulary",
+    "shapes_texts",
 ]
 
 # Base RGB per colour name; chosen far apart in RGB so a tiny model separates them
@@ -393,9 +394,11 @@ def shapes_questions(
 
     Each is `{"type", "question", "answer"}`; types (see `QUESTION_TYPES`): `objects` ("what objects
     are in the image?" -> "a red circle and a blue square"), `colour` of a shape found once in the
-    image, `count` ("2"), `exists` (one "yes" and one "no" question), `where` (left / right / top /
+    image, `count` ("2"), `exists` (one "yes" and one "no" question, the "no" one about an object of a colour or
+    a shape the image has), `where` (left / right / top /
     bottom / center) and `box` (`[x1, y1, x2, y2]` on the 0-1000 grid, see `grounding.format_box`) of
-    each object whose colour and shape name it alone.
+    each object whose colour and shape name it alone ("the red circle"; "the circle", half the time, when
+    it is the only circle).
     """
     from minivlm.data.grounding import format_box
 
@@ -412,11 +415,19 @@ def shapes_questions(
     out.append({"type": "count", "question": "how many shapes are there?", "answer": str(len(objects))})
     present = objects[int(rng.integers(len(objects)))]
     absent = [f"{c} {s}" for c in colours for s in shapes if f"{c} {s}" not in names]
+    # The absent object shares its colour or its shape with one in the image when it can: answering then
+    # takes both words of the question, not one.
+    near = [name for name in absent if any(name.split()[0] == o["colour"] or name.split()[1] == o["shape"] for o in objects)]
+    absent = near or absent
     out.append({"type": "exists", "question": f"is there a {_name(present)}?", "answer": "yes"})
     if absent:
         out.append({"type": "exists", "question": f"is there a {absent[int(rng.integers(len(absent)))]}?", "answer": "no"})
     for obj, name in zip(objects, names):
         if names.count(name) == 1:
+            # An object whose shape is the only one of its kind is as often named by its shape alone: finding
+            # an object by its shape is then learned too, not only by its colour.
+            if shape_counts[obj["shape"]] == 1 and rng.random() < 0.5:
+                name = obj["shape"]
             out.append({"type": "where", "question": f"where is the {name}?", "answer": _WHERE[obj["position"]]})
             box = format_box(obj["bbox"], (image_size, image_size), step=BOX_STEP)
             out.append({"type": "box", "question": f"locate the {name}", "answer": box})
@@ -441,8 +452,22 @@ def question_vocabulary(colours: Sequence[str] = DEFAULT_COLOURS, shapes: Sequen
     for colour in colours:
         for shape in shapes:
             texts += [f"what colour is the {shape}?", f"is there a {colour} {shape}?", f"where is the {colour} {shape}?",
-                      f"locate the {colour} {shape}"]
+                      f"locate the {colour} {shape}", f"where is the {shape}?", f"locate the {shape}"]
     return texts
+
+
+def shapes_texts(shapes_dir: str | Path | None = None) -> list[str]:
+    """Every word the shapes set in ``shapes_dir`` can say (captions, questions, answers), as texts for a
+    word-level tokenizer; the default colours and shapes when the folder records none."""
+    record = {}
+    if shapes_dir is not None:
+        try:
+            record = json.loads((Path(shapes_dir) / SHAPES_MARKER).read_text())
+        except (OSError, ValueError):
+            record = {}
+    colours = tuple(record.get("colours") or DEFAULT_COLOURS)
+    shapes = tuple(record.get("shapes") or DEFAULT_SHAPES)
+    return [" ".join(caption_vocabulary(shapes, colours)), *question_vocabulary(colours, shapes)]
 
 
 # ----------------------------------------------------------------------------- scoring

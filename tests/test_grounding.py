@@ -38,18 +38,30 @@ def test_shapes_questions_follow_from_the_objects():
         assert score_caption(by_type["objects"][0]["answer"], objects)
         assert by_type["count"][0]["answer"] == str(len(objects))
         assert sorted(qa["answer"] for qa in by_type["exists"]) == ["no", "yes"]
+        for qa in by_type["exists"]:
+            colour, shape = qa["question"].removeprefix("is there a ").rstrip("?").split()
+            assert ((colour, shape) in [(o["colour"], o["shape"]) for o in objects]) == (qa["answer"] == "yes")
+            # The absent one is near: it shares its colour or its shape with an object in the image.
+            assert any(o["colour"] == colour or o["shape"] == shape for o in objects)
         names = [f"{o['colour']} {o['shape']}" for o in objects]
+
+        def named(name):  # the one object a question names, by colour and shape or by its shape alone
+            (obj,) = [o for o, full in zip(objects, names) if name in (full, o["shape"])]
+            return obj
+
         for qa in by_type.get("box", []):
-            obj = objects[names.index(qa["question"].removeprefix("locate the "))]
+            obj = named(qa["question"].removeprefix("locate the "))
             (box,) = parse_boxes(qa["answer"])
             assert all(v % BOX_STEP == 0 for v in box)
             assert box_iou(box, box_to_grid(obj["bbox"], (64, 64))) > 0.9
         for qa in by_type.get("where", []):
-            obj = objects[names.index(qa["question"].removeprefix("where is the ").rstrip("?"))]
+            obj = named(qa["question"].removeprefix("where is the ").rstrip("?"))
             assert qa["answer"] == obj["position"]
         for qa in by_type.get("colour", []):
             shape = qa["question"].removeprefix("what colour is the ").rstrip("?")
             assert [o["colour"] for o in objects if o["shape"] == shape] == [qa["answer"]]
+    asked = [qa["question"] for e in make_shapes_examples(40, image_size=64, seed=3) for qa in e["questions"]]
+    assert "where is the circle?" in asked and "where is the red circle?" in asked  # both ways of naming occur
     # Images and captions are those of before: the questions draw from a random stream of their own.
     assert make_shapes_examples(1, seed=3)[0]["captions"] == make_shapes_examples(1, seed=3)[0]["captions"]
 
@@ -86,3 +98,19 @@ def test_box_metrics_by_hand():
     assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
     metrics = box_metrics([(0, 0, 10, 10), (0, 0, 10, 5), None], [(0, 0, 10, 10)] * 3)
     assert metrics == {"box_accuracy": pytest.approx(2 / 3), "box_mean_iou": pytest.approx((1 + 0.5 + 0) / 3)}
+
+
+def test_word_level_tokenizer_drops_question_marks_and_survives_a_reload(tmp_path):
+    from transformers import AutoTokenizer
+
+    from minivlm.data.tokenizer import build_word_level_tokenizer
+
+    tokenizer = build_word_level_tokenizer(["what colour is the triangle? red", "locate the circle [10, 20, 30, 40]"])
+    assert "?" not in tokenizer.get_vocab()
+    tokenizer.save_pretrained(tmp_path)
+    for loaded in (tokenizer, AutoTokenizer.from_pretrained(tmp_path)):
+        # The answer is predicted at the question's last word, as in training, whether or not the user types "?".
+        assert loaded("What colour is the triangle?")["input_ids"] == loaded("what colour is the triangle")["input_ids"]
+        assert loaded.tokenize("triangle?red") == ["triangle", "red"]
+        assert loaded.tokenize("[10, 20, 30, 40]") == ["[", "10", ",", "20", ",", "30", ",", "40", "]"]
+        assert loaded.unk_token_id not in loaded("what colour is the triangle?")["input_ids"]

@@ -4,6 +4,7 @@
 """
 
 import dataclasses
+import itertools
 import json
 import logging
 import sys
@@ -19,6 +20,7 @@ from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
 from minivlm.data.collator import CaptionCollator
 from minivlm.data.conversations import load_eval_questions, load_training_data, training_texts
+from minivlm.data.shapes import shapes_texts
 from minivlm.data.loading import caption_column_argument, load_dataset_splits
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features
 from minivlm.data.tokenizer import build_word_level_tokenizer
@@ -177,8 +179,15 @@ def load_data(data_args: DataArguments, seed: int):
     )
 
 
-def build_model(model_args: ModelArguments, train_dataset) -> tuple[MiniVLMForConditionalGeneration, MiniVLMProcessor]:
-    """A saved MiniVLM, a tiny one from configs, or one assembled from pretrained parts."""
+def build_model(
+    model_args: ModelArguments, train_dataset, data_args: DataArguments | None = None
+) -> tuple[MiniVLMForConditionalGeneration, MiniVLMProcessor]:
+    """A saved MiniVLM, a tiny one from configs, or one assembled from pretrained parts.
+
+    A tiny model's word-level tokenizer gets the words of the training texts; trained on the shapes
+    set, every word the set can say (captions, questions, answers), so a captioner trained on it can
+    be instruction-tuned on the same set later (`--model_name_or_path`) without unknown words.
+    """
     from minivlm.data import builder
 
     attn = model_args.attn_implementation
@@ -193,7 +202,10 @@ def build_model(model_args: ModelArguments, train_dataset) -> tuple[MiniVLMForCo
     if model_args.tiny_vision_config or model_args.tiny_text_config:
         if not (model_args.tiny_vision_config and model_args.tiny_text_config):
             raise ValueError("a tiny model needs both --tiny_vision_config and --tiny_text_config.")
-        tokenizer = build_word_level_tokenizer(training_texts(train_dataset))
+        texts = training_texts(train_dataset)
+        if data_args is not None and "shapes" in [name.strip() for name in data_args.dataset.split(",")]:
+            texts = itertools.chain(texts, shapes_texts(data_args.shapes_dir))
+        tokenizer = build_word_level_tokenizer(texts)
         return builder.build_from_configs(
             json.loads(model_args.tiny_vision_config), json.loads(model_args.tiny_text_config), tokenizer,
             attn_implementation=attn, **config_kwargs,
@@ -235,7 +247,7 @@ def train(
 def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrainer:
     set_seed(training_args.seed)
     train_dataset, eval_dataset = load_data(data_args, training_args.seed)
-    model, processor = build_model(model_args, train_dataset)
+    model, processor = build_model(model_args, train_dataset, data_args)
     apply_freezing(model, model_args.freeze)
     if "messages" in train_dataset.column_names:  # questions and answers, not only captions
         model.config.instruction_tuned = True
