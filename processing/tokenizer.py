@@ -5,10 +5,11 @@ models (the shapes demo, the tests) use one token per lower-cased word instead.
 
 It drops question marks. A question's answer is predicted at its last token; after a "?" the model
 must first fetch the question's last word from the token before (what to look for in the image)
-and then look, two steps that a model of three layers learns slowly, while at the word itself it
-looks at once. On the shapes set, the same second stage answered "what colour is the triangle?"
-right for 78 % of held-out images with "?" as a token and for 100 % without it. Every question
-ends with one, so it carries nothing; a BPE tokenizer of a pretrained LM is left as it is.
+and then look, two steps that a three-layer model learns slowly, while at the word itself it looks
+at once. On the shapes set, the same captioner tuned the same way (6 epochs) answered "what colour
+is the triangle?" right for 88 % of the held-out questions with "?" as a token and for 100 %
+without it. Every question ends with one, so it carries nothing; a pretrained LM's tokenizer is
+left as it is.
 """
 
 import re

@@ -1,18 +1,19 @@
 """The embedded default: train a tiny MiniVLM on synthetic shapes, offline, on CPU.
 
-    python scripts/demo.py [--output_dir outputs/demo] [--num_train_epochs N]
-    python scripts/demo.py --preset shapes-instruct --output_dir outputs/demo-instruct
+    python scripts/demo.py [--output_dir outputs/demo]
+    python scripts/demo.py --preset shapes-tiny --output_dir outputs/demo-captions
 
-Generates the shapes set (captions, questions and boxes), captions held-out images with the
-untrained model, trains the preset with the HF Trainer, reloads the saved folder the way a Hub
-user would (`AutoModel` / `pipeline("image-to-text")` with `trust_remote_code=True`), scores the
-held-out captions (every object's colour and shape named correctly; BLEU/CIDEr against the
-references) and writes `loss_curve.png` and `captions_before_after.png`.
-
-`shapes-tiny` (the default) learns to caption. `shapes-instruct` trains one model on each
-image's caption and questions together; the demo then also asks the held-out questions one at a
-time (and one through `pipeline("image-text-to-text")`), scores the answers (VQA accuracy, exact
-after normalisation) and the boxes (IoU >= 0.5), and writes `boxes.png` with the predicted boxes.
+Generates the shapes set (captions, questions and boxes) and captions held-out images with the
+untrained model. `shapes-instruct` (the default) then trains in LLaVA's two stages with the HF
+Trainer: a captioner (`shapes-tiny`, into `captioner/`), then the same model instruction-tuned on
+each image's caption and questions together (`shapes-instruct` with `--model_name_or_path
+captioner/`, into `model/`). It reloads the saved folder the way a Hub user would (`AutoModel` /
+`pipeline("image-to-text")` / `pipeline("image-text-to-text")` with `trust_remote_code=True`),
+scores the held-out captions (every object's colour and shape named correctly; BLEU/CIDEr against
+the references), asks the held-out questions one at a time and scores the answers (VQA accuracy,
+exact after normalisation) and the boxes (IoU >= 0.5), and writes `loss_curve.png`,
+`captions_before_after.png` and `boxes.png` with the predicted boxes. `shapes-tiny` stops after the
+first stage: a captioner.
 """
 
 import json
@@ -37,11 +38,17 @@ from minivlm.training.run import build_model, load_data, parse_args, train
 class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where the data, model and pictures go."})
     preset: str = field(
-        default="shapes-tiny",
-        metadata={"help": "shapes-tiny (captions) or shapes-instruct (captions, questions and boxes).",
+        default="shapes-instruct",
+        metadata={"help": "shapes-instruct (captions, questions and boxes: a captioner, then instruction-tuned) "
+                          "or shapes-tiny (the captioner alone).",
                   "choices": ["shapes-tiny", "shapes-instruct"]},
     )
-    num_train_epochs: float | None = field(default=None, metadata={"help": "Override the preset's epochs."})
+    num_train_epochs: float | None = field(default=None, metadata={"help": "Override the last stage's epochs."})
+    captioner_epochs: float | None = field(
+        default=None, metadata={"help": "Override the captioner's epochs (the first stage of shapes-instruct)."}
+    )
+    max_steps: int | None = field(default=None, metadata={"help": "Stop each stage after this many steps (a quick try)."})
+    num_train_images: int | None = field(default=None, metadata={"help": "Training images of the shapes set."})
     num_samples: int = field(default=8, metadata={"help": "Test images shown with their captions."})
     seed: int = field(default=0)
 
@@ -54,11 +61,26 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(demo.output_dir)
     data_dir, model_dir = out / "shapes", out / "model"
     instruct = bool(PRESETS[demo.preset].get("dataset_format"))
-    train_argv = ["--preset", demo.preset, "--shapes_dir", str(data_dir), "--output_dir", str(model_dir),
-                  "--seed", str(demo.seed), "--disable_tqdm", "true", "--logging_steps", "20"]
-    if demo.num_train_epochs is not None:
-        train_argv += ["--num_train_epochs", str(demo.num_train_epochs)]
-    model_args, data_args, training_args = parse_args(train_argv)
+    logging_steps = 20 if demo.max_steps is None else max(1, min(20, demo.max_steps))  # a loss curve to draw
+    common = ["--shapes_dir", str(data_dir), "--seed", str(demo.seed), "--disable_tqdm", "true",
+              "--logging_steps", str(logging_steps)]
+    if demo.max_steps is not None:
+        common += ["--max_steps", str(demo.max_steps)]
+    if demo.num_train_images is not None:
+        common += ["--shapes_num_train", str(demo.num_train_images)]
+    # (preset, output folder, epochs override, extra arguments) of each stage, in order.
+    stages = [(demo.preset, model_dir, demo.num_train_epochs, [])]
+    if instruct:
+        captioner_dir = out / "captioner"
+        stages = [("shapes-tiny", captioner_dir, demo.captioner_epochs, []),
+                  (demo.preset, model_dir, demo.num_train_epochs, ["--model_name_or_path", str(captioner_dir)])]
+    stage_args = []
+    for preset, stage_dir, epochs, extra in stages:
+        stage_argv = ["--preset", preset, "--output_dir", str(stage_dir), *common, *extra]
+        if epochs is not None:
+            stage_argv += ["--num_train_epochs", str(epochs)]
+        stage_args.append(parse_args(stage_argv))
+    model_args, data_args, training_args = stage_args[0]
 
     resolve_dataset("shapes", shapes_dir=data_dir, num_train=data_args.shapes_num_train,
                     num_eval=data_args.shapes_num_eval, image_size=data_args.shapes_image_size, seed=demo.seed)
@@ -67,12 +89,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[{time.perf_counter() - start:5.1f}s] shapes set ready in {data_dir} ({len(test)} held-out images)")
 
     set_seed(demo.seed)
-    untrained, untrained_processor = build_model(model_args, load_data(data_args, demo.seed)[0])
+    untrained, untrained_processor = build_model(model_args, load_data(data_args, demo.seed)[0], data_args)
     before = generate_captions(untrained, untrained_processor, samples, max_new_tokens=16, progress=False)
 
-    trainer = train(model_args, data_args, training_args)
-    train_seconds = trainer.state.log_history[-1].get("train_runtime", float("nan"))
-    print(f"[{time.perf_counter() - start:5.1f}s] trained {trainer.state.global_step} steps in {train_seconds:.0f}s")
+    trainers = []
+    for (preset, stage_dir, _, _), (model_args, data_args, training_args) in zip(stages, stage_args):
+        trainer = train(model_args, data_args, training_args)
+        seconds = trainer.state.log_history[-1].get("train_runtime", float("nan"))
+        print(f"[{time.perf_counter() - start:5.1f}s] {preset}: trained {trainer.state.global_step} steps in "
+              f"{seconds:.0f}s into {stage_dir}")
+        trainers.append(trainer)
+    train_steps = sum(t.state.global_step for t in trainers)
+    train_seconds = sum(t.state.log_history[-1].get("train_runtime", float("nan")) for t in trainers)
 
     # Reload the saved folder as a Hub user would: remote code, Auto classes, pipeline.
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
@@ -123,14 +151,19 @@ def main(argv: list[str] | None = None) -> None:
                   f"{box_iou(p[0], t[0]) if p else 0.0:.2f}" for r, p, t in zip(box_records, predicted, targets)]
         plot_box_grid([test[by_id[r["id"]]]["image"] for r in box_records], predicted, targets, titles, out / "boxes.png")
 
-    plot_loss_curve(trainer.state.log_history, out / "loss_curve.png")
+    # One curve over the stages: each stage's steps continue where the one before stopped.
+    history, offset = [], 0
+    for t in trainers:
+        history += [{**entry, "step": entry["step"] + offset} for entry in t.state.log_history if "step" in entry]
+        offset += t.state.global_step
+    plot_loss_curve(history, out / "loss_curve.png")
     short_before = [text if len(text) <= 40 else text[:39] + "…" for text in before]
     plot_caption_grid(list(samples["image"]), short_before, after, [c[0] for c in samples["captions"]],
                       out / "captions_before_after.png")
     total = time.perf_counter() - start
     summary = {
         "shapes_accuracy": accuracy, "bleu_4": metrics["bleu_4"], "cider": metrics["cider"],
-        "rouge_l": metrics["rouge_l"], **answer_metrics, "train_steps": trainer.state.global_step, "train_seconds": train_seconds,
+        "rouge_l": metrics["rouge_l"], **answer_metrics, "train_steps": train_steps, "train_seconds": train_seconds,
         "total_seconds": total, "torch_threads": torch.get_num_threads(),
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
