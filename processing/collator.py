@@ -130,6 +130,7 @@ class ConversationCollator:
     max_caption_tokens: int = 48
     seed: int = 42
     epoch: int = 0
+    multi_turn_fraction: float = 0.0
     _context_ids: list[int] | None = field(default=None, init=False, repr=False)
     _encoded: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict, init=False, repr=False)
 
@@ -274,6 +275,14 @@ class ConversationCollator:
             segments += [segment] * (len(turn_ids) - prefix)
         return ids, labels, positions, segments
 
+    def as_multi_turn(self, example: dict[str, Any]) -> bool:
+        """Whether this epoch trains an image's caption and questions as one multi-turn conversation (each turn
+        after the ones before, as in a chat) rather than packed single turns: a draw of `multi_turn_fraction`
+        from (seed, epoch, id)."""
+        if self.multi_turn_fraction <= 0:
+            return False
+        return random.Random(f"{self.seed}/{self.epoch}/{example.get('id')}/view").random() < self.multi_turn_fraction
+
     def text_batch(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """`input_ids`, `attention_mask`, `labels` `(batch, seq)` and `logits_to_keep` for the examples.
 
@@ -282,13 +291,14 @@ class ConversationCollator:
         `position_ids` `(batch, seq)`.
         """
         rows = []
+        packed = False
         for example in examples:
-            if is_conversation(example) and example.get("captions"):
+            if is_conversation(example) and example.get("captions") and not self.as_multi_turn(example):
                 rows.append(self.encode_packed(example))
+                packed = True
             else:
                 ids, label = self.encode(self.messages(example))
                 rows.append((ids, label, list(range(len(ids))), [1] * len(ids)))
-        packed = any(is_conversation(example) and example.get("captions") for example in examples)
         length = max(len(row[0]) for row in rows)
         pad = self.processor.tokenizer.pad_token_id
         input_ids = torch.full((len(rows), length), pad, dtype=torch.long)

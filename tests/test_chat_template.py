@@ -218,3 +218,26 @@ def test_encoding_is_remembered_per_text_and_callers_cannot_change_it(processor)
     other[1]["content"][0]["text"] = "blue"
     assert collator.encode(other) != collator.encode(conversation)
     assert len(collator._encoded) == remembered + 1
+
+
+def test_multi_turn_fraction_trains_some_rows_as_one_chat_drawn_per_epoch(processor):
+    """`multi_turn_fraction` of the caption-and-questions rows become one causal chat (each turn sees the
+    ones before it); the rest stay packed single turns. The draw is a pure function of (seed, epoch, id)."""
+    rows = [{"captions": ["a red circle"], "messages": chat(), "images": make_images(1), "id": f"i{n}"} for n in range(12)]
+    packed_only = ConversationCollator(processor, seed=3)
+    assert not any(packed_only.as_multi_turn(row) for row in rows)
+    mixed = ConversationCollator(processor, seed=3, multi_turn_fraction=0.5)
+    views = [[mixed.as_multi_turn(row) for row in rows] for mixed.epoch in range(4)]
+    assert all(any(v) and not all(v) for v in views) and views[0] != views[1]
+    mixed.epoch = 0
+    assert [mixed.as_multi_turn(row) for row in rows] == views[0]
+    chat_row = rows[views[0].index(True)]
+    batch = mixed([chat_row])
+    assert "position_ids" not in batch and batch["attention_mask"].dim() == 2  # one causal sequence
+    ids, labels = mixed.encode(mixed.messages(chat_row))
+    assert batch["input_ids"][0].tolist() == ids and batch["labels"][0].tolist() == labels
+    packed_row = rows[views[0].index(False)]
+    assert mixed([packed_row])["attention_mask"].dim() == 4  # packed: each turn sees the image and itself
+    # The same tokens are trained either way: one row's chat and its packed turns have the same labels.
+    assert sorted(label for label in labels if label != -100) == sorted(
+        label for label in packed_only.encode_packed(chat_row)[1] if label != -100)

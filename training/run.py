@@ -113,6 +113,11 @@ class DataArguments:
     dataset_weights: str | None = field(
         default=None, metadata={"help": "Sampling weights of the datasets, comma-separated (default: all rows once)."}
     )
+    multi_turn_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Rows with an image's caption and questions (shapes-instruct): the share trained each "
+                          "epoch as one multi-turn chat instead of packed single turns."},
+    )
     image_folder: str | None = field(default=None, metadata={"help": "Where LLaVA JSON image paths are relative to."})
     shapes_dir: str = field(default="data/shapes", metadata={"help": "Where the shapes set is generated."})
     shapes_num_train: int = field(default=3000)
@@ -268,7 +273,8 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
             )
         collator_class = FeatureCaptionCollator
     collator = collator_class(
-        processor, prompt=data_args.prompt, max_caption_tokens=data_args.max_caption_tokens, seed=training_args.seed
+        processor, prompt=data_args.prompt, max_caption_tokens=data_args.max_caption_tokens, seed=training_args.seed,
+        multi_turn_fraction=data_args.multi_turn_fraction,
     )
     if training_args.train_sampling_strategy in ("group_by_length", "batch_rebalance"):
         # The Trainer's samplers read the lengths from this column; without it they would build
