@@ -67,7 +67,7 @@ _RUN_DEFINING_TRAINING_ARGS = (
 )
 _RUN_DEFINING_DATA_ARGS = (
     "dataset", "dataset_config", "train_split", "image_column", "caption_column", "max_train_samples",
-    "max_bad_fraction", "max_caption_tokens", "prompt", "dataset_format", "dataset_weights",
+    "max_bad_fraction", "max_caption_tokens", "prompt", "dataset_format", "dataset_weights", "multi_turn_fraction",
 )
 _SHAPES_DATA_ARGS = ("shapes_num_train", "shapes_image_size")
 
