@@ -278,14 +278,19 @@ class ShapesFolderError(ValueError):
     """The target folder holds files the shapes generator did not write: nothing is written or deleted."""
 
 
+def _marker_record(output_dir: str | Path) -> dict[str, Any]:
+    """The generator's record in ``output_dir`` (its parameters), or {} when there is none or it is unreadable."""
+    try:
+        record = json.loads((Path(output_dir) / SHAPES_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def is_shapes_folder(output_dir: str | Path, complete: bool = True) -> bool:
     """Whether ``output_dir`` holds a shapes set this generator wrote (``complete``: and finished writing)."""
-    marker = Path(output_dir) / SHAPES_MARKER
-    try:
-        record = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return record.get("generator") == "minivlm.data.shapes" and (record.get("complete") or not complete)
+    record = _marker_record(output_dir)
+    return record.get("generator") == "minivlm.data.shapes" and bool(record.get("complete") or not complete)
 
 
 def generate_shapes_dataset(
@@ -459,12 +464,7 @@ def question_vocabulary(colours: Sequence[str] = DEFAULT_COLOURS, shapes: Sequen
 def shapes_texts(shapes_dir: str | Path | None = None) -> list[str]:
     """Every word the shapes set in ``shapes_dir`` can say (captions, questions, answers), as texts for a
     word-level tokenizer; the default colours and shapes when the folder records none."""
-    record = {}
-    if shapes_dir is not None:
-        try:
-            record = json.loads((Path(shapes_dir) / SHAPES_MARKER).read_text())
-        except (OSError, ValueError):
-            record = {}
+    record = _marker_record(shapes_dir) if shapes_dir is not None else {}
     colours = tuple(record.get("colours") or DEFAULT_COLOURS)
     shapes = tuple(record.get("shapes") or DEFAULT_SHAPES)
     return [" ".join(caption_vocabulary(shapes, colours)), *question_vocabulary(colours, shapes)]

@@ -92,15 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     untrained, untrained_processor = build_model(model_args, load_data(data_args, demo.seed)[0], data_args)
     before = generate_captions(untrained, untrained_processor, samples, max_new_tokens=16, progress=False)
 
-    trainers = []
-    for (preset, stage_dir, _, _), (model_args, data_args, training_args) in zip(stages, stage_args):
+    trainers, train_seconds = [], 0.0
+    for (preset, stage_dir, *_), (model_args, data_args, training_args) in zip(stages, stage_args):
         trainer = train(model_args, data_args, training_args)
         seconds = trainer.state.log_history[-1].get("train_runtime", float("nan"))
         print(f"[{time.perf_counter() - start:5.1f}s] {preset}: trained {trainer.state.global_step} steps in "
               f"{seconds:.0f}s into {stage_dir}")
         trainers.append(trainer)
+        train_seconds += seconds
     train_steps = sum(t.state.global_step for t in trainers)
-    train_seconds = sum(t.state.log_history[-1].get("train_runtime", float("nan")) for t in trainers)
 
     # Reload the saved folder as a Hub user would: remote code, Auto classes, pipeline.
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
