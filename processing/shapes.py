@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import shutil
 import time
@@ -39,6 +40,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "COLOURS",
@@ -272,6 +275,9 @@ def make_shapes_examples(
 
 
 SHAPES_MARKER = ".minivlm_shapes.json"  # hidden: imagefolder loading ignores it
+# Bumped when the questions change for the same images (2: objects named by shape alone, near absent
+# objects): a set of ours with another version is written again rather than trained on as it is.
+QUESTIONS_VERSION = 2
 
 
 class ShapesFolderError(ValueError):
@@ -325,7 +331,7 @@ def generate_shapes_dataset(
         )
     params = {"generator": "minivlm.data.shapes", "num_train": num_train, "num_validation": num_validation,
               "num_test": num_test, "image_size": image_size, "seed": seed, "shapes": list(shapes),
-              "colours": list(colours), "two_object_prob": two_object_prob}
+              "colours": list(colours), "two_object_prob": two_object_prob, "questions_version": QUESTIONS_VERSION}
     output_dir.mkdir(parents=True, exist_ok=True)
     marker = output_dir / SHAPES_MARKER
     marker.write_text(json.dumps({**params, "complete": False}, indent=1) + "\n", encoding="utf-8")
@@ -352,13 +358,20 @@ def generate_shapes_dataset(
 def ensure_shapes_dataset(output_dir: str | Path, **kwargs: Any) -> Path:
     """``output_dir`` if it already holds a complete shapes set, else `generate_shapes_dataset` there.
 
-    A set written before the marker existed (``train/metadata.jsonl`` present) is reused as it is.
+    A set written before the marker existed (``train/metadata.jsonl`` present) is reused as it is; one of
+    ours whose questions are of another `QUESTIONS_VERSION` is written again (its images do not change).
     Under several processes, call it from one per machine (``main_process_first(local=True)``).
     """
     output_dir = Path(output_dir)
     legacy = not (output_dir / SHAPES_MARKER).exists() and (output_dir / "train" / "metadata.jsonl").is_file()
-    if is_shapes_folder(output_dir) or legacy:
+    if legacy:
         return output_dir
+    if is_shapes_folder(output_dir):
+        version = _marker_record(output_dir).get("questions_version", 1)
+        if version == QUESTIONS_VERSION:
+            return output_dir
+        logger.warning("%s holds a shapes set with version %s of the questions; writing it again with version %s.",
+                       output_dir, version, QUESTIONS_VERSION)
     return generate_shapes_dataset(output_dir, **kwargs)
 
 

@@ -114,3 +114,31 @@ def test_word_level_tokenizer_drops_question_marks_and_survives_a_reload(tmp_pat
         assert loaded.tokenize("triangle?red") == ["triangle", "red"]
         assert loaded.tokenize("[10, 20, 30, 40]") == ["[", "10", ",", "20", ",", "30", ",", "40", "]"]
         assert loaded.unk_token_id not in loaded("what colour is the triangle?")["input_ids"]
+
+
+def test_a_set_with_older_questions_is_written_again_and_other_folders_are_untouched(tmp_path):
+    import json
+
+    from minivlm.data.shapes import SHAPES_MARKER, ensure_shapes_dataset, generate_shapes_dataset
+
+    folder = generate_shapes_dataset(tmp_path / "shapes", num_train=3, num_validation=0, num_test=0, image_size=32)
+    marker = folder / SHAPES_MARKER
+    record = json.loads(marker.read_text())
+    assert record["questions_version"] == 2
+    ensure_shapes_dataset(folder, num_train=3, num_validation=0, num_test=0, image_size=32)  # current: reused
+    assert json.loads(marker.read_text()) == record
+    # A set written by the earlier generator: same images, older questions, no version in its record.
+    old = {k: v for k, v in record.items() if k != "questions_version"}
+    marker.write_text(json.dumps(old))
+    stale = folder / "train" / "metadata.jsonl"
+    stale.write_text(stale.read_text().replace("is there a", "is there one"))
+    ensure_shapes_dataset(folder, num_train=3, num_validation=0, num_test=0, image_size=32)
+    assert json.loads(marker.read_text())["questions_version"] == 2 and "is there one" not in stale.read_text()
+
+
+def test_multi_turn_fraction_outside_zero_to_one_is_refused(processor):
+    from minivlm.data.collator import ConversationCollator
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            ConversationCollator(processor, multi_turn_fraction=bad)
