@@ -135,6 +135,8 @@ class ConversationCollator:
     _encoded: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
+        if not 0.0 <= self.multi_turn_fraction <= 1.0:  # NaN too
+            raise ValueError(f"multi_turn_fraction is a share of the rows, between 0 and 1; got {self.multi_turn_fraction}.")
         if self.max_caption_tokens < 2:
             raise ValueError(f"max_caption_tokens must be at least 2 (a token and EOS), got {self.max_caption_tokens}.")
         if self.processor.tokenizer.eos_token_id is None:

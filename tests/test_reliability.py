@@ -34,6 +34,8 @@ SHAPES_MARKER = ".minivlm_shapes.json"  # shapes.SHAPES_MARKER
         (["--num_train_epochs", "0"], "trains nothing and would save an untrained model"),
         (["--max_bad_fraction", "-1"], r"--max_bad_fraction .* in \[0, 1\]; got -1"),
         (["--max_bad_fraction", "1.5"], r"--max_bad_fraction .* in \[0, 1\]; got 1.5"),
+        (["--multi_turn_fraction", "2"], r"--multi_turn_fraction .* in \[0, 1\]; got 2"),
+        (["--multi_turn_fraction", "nan"], r"--multi_turn_fraction .* in \[0, 1\]; got nan"),
         (["--prompt", "<image> describe"], "--prompt holds the image token '<image>'"),
         (["--tiny_text_config", "{bad json"], "--tiny_text_config is not valid JSON"),
         (["--tiny_vision_config", "[1, 2]"], "--tiny_vision_config must be a JSON object"),

@@ -128,6 +128,9 @@ def check_arguments(model_args, data_args, training_args) -> None:
     fraction = data_args.max_bad_fraction
     if not (math.isfinite(fraction) and 0 <= fraction <= 1):
         problems.append(f"--max_bad_fraction is the fraction of a split that may be dropped, in [0, 1]; got {fraction}")
+    share = data_args.multi_turn_fraction
+    if not (math.isfinite(share) and 0 <= share <= 1):
+        problems.append(f"--multi_turn_fraction is the share of rows trained as one chat, in [0, 1]; got {share}")
     if IMAGE_TOKEN in data_args.prompt:
         problems.append(f"--prompt holds the image token {IMAGE_TOKEN!r}: the image tokens are placed before the "
                         "prompt by the collator; remove it from the prompt")
