@@ -20,13 +20,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 import torch
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from minivlm.processing_minivlm import MiniVLMProcessor, to_rgb
 
 
-__all__ = ["choose_caption", "caption_conversation", "caption_and_questions", "ConversationCollator", "CaptionCollator"]
+__all__ = ["choose_caption", "caption_conversation", "caption_and_questions", "ConversationCollator", "CaptionCollator",
+           "PreprocessedDataset", "preprocessed_size"]
 
 
 def choose_caption(captions: list[str], seed: int, epoch: int, example_id: str) -> str:
@@ -161,7 +163,10 @@ class ConversationCollator:
 
     @staticmethod
     def images(example: dict[str, Any]) -> list[Any]:
-        """The example's images, in the order of its image parts."""
+        """The example's images, in the order of its image parts (a `(n, 3, H, W)` tensor for a row of a
+        `PreprocessedDataset`)."""
+        if "pixel_values" in example:
+            return example["pixel_values"]
         if is_conversation(example):
             return list(example.get("images") or [])
         return [example["image"]] if "image" in example else list(example["images"])[:1]
@@ -289,8 +294,8 @@ class ConversationCollator:
         """`input_ids`, `attention_mask`, `labels` `(batch, seq)` and `logits_to_keep` for the examples.
 
         A batch with packed rows (captions and questions of one image, see `encode_packed`) gets a
-        4D `attention_mask` `(batch, 1, seq, seq)` (0 where a position may look, -inf elsewhere) and
-        `position_ids` `(batch, seq)`.
+        4D boolean `attention_mask` `(batch, 1, seq, seq)` (True where a position may look; sdpa's fast
+        path takes booleans, a float mask costs it half as much again) and `position_ids` `(batch, seq)`.
         """
         rows = []
         packed = False
@@ -326,12 +331,12 @@ class ConversationCollator:
             causal = torch.ones(length, length, dtype=torch.bool).tril()
             visible = causal & (key != -1) & ((key == 0) | (key == query))
             visible |= torch.eye(length, dtype=torch.bool) & (query == -1)  # padding sees itself: no NaN
-            batch["attention_mask"] = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[:, None]
+            batch["attention_mask"] = visible[:, None]
             batch["position_ids"] = position_ids
         return batch
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        images = []
+        images, pixels = [], []
         for index, example in enumerate(examples):
             example_images = self.images(example)
             expected = count_image_parts(self.messages(example)) if is_conversation(example) else 1
@@ -340,11 +345,78 @@ class ConversationCollator:
                     f"example {example.get('id', index)!r} has {len(example_images)} image(s) for {expected} image "
                     "part(s) in its messages; clean the data with minivlm.data.conversations.clean_conversations."
                 )
-            images += [to_rgb(image) for image in example_images]
+            if torch.is_tensor(example_images):  # preprocessed once (`PreprocessedDataset`)
+                pixels.append(example_images)
+            else:
+                images += [to_rgb(image) for image in example_images]
+        if images and pixels:
+            raise ValueError("a batch mixes preprocessed rows (pixel_values) with raw images; use one or the other.")
         batch = self.text_batch(examples)
-        if images:
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)
+        elif images:
             batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return batch
+
+
+def preprocessed_size(dataset, processor) -> int:
+    """Bytes that `PreprocessedDataset` would hold for `dataset`: one float32 `(3, H, W)` per image, at the
+    image processor's output size (read from its config, nothing decoded)."""
+    size = processor.image_processor.size
+    height, width = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
+    if "images" in dataset.column_names and "image" not in dataset.column_names:
+        count = sum(len(images or []) for images in dataset.select_columns(["images"]).cast_column(
+            "images", datasets.List(datasets.Image(decode=False)))["images"])
+    else:
+        count = len(dataset)
+    return count * 3 * height * width * 4
+
+
+class PreprocessedDataset(torch.utils.data.Dataset):
+    """A training split whose images are decoded and preprocessed once, held as one float32 tensor.
+
+    The collator's per-step work then shrinks to indexing and padding: decoding, converting and
+    normalising the same images again every epoch was a third of a small model's training step.
+    Row `i` is the split's row without its image columns, plus `pixel_values` `(n_images, 3, H, W)`
+    (a view into the shared tensor), which `ConversationCollator` takes as it is. What a step computes
+    is unchanged: the pixels are exactly those the image processor gives per batch.
+
+    Args:
+        dataset: a caption split (`image`, `captions`, `id`) or a conversation / training view (`images`, ...).
+        processor: the model's processor (its image processor and `to_rgb` are used).
+        batch_size: images decoded and processed at a time while building.
+    """
+
+    def __init__(self, dataset, processor, batch_size: int = 256):
+        image_column = "image" if "image" in dataset.column_names else "images"
+        text_columns = [c for c in dataset.column_names if c not in ("image", "images")]
+        self.rows = dataset.select_columns(text_columns).to_list() if text_columns else [{} for _ in range(len(dataset))]
+        chunks, offsets = [], [0]
+        for start in range(0, len(dataset), batch_size):
+            column = dataset[start:start + batch_size][image_column]
+            per_row = [[image] for image in column] if image_column == "image" else [list(images or []) for images in column]
+            flat = [to_rgb(image) for images in per_row for image in images]
+            if flat:
+                chunks.append(processor.image_processor(flat, return_tensors="pt")["pixel_values"])
+            for images in per_row:
+                offsets.append(offsets[-1] + len(images))
+        self.pixel_values = torch.cat(chunks) if chunks else torch.empty(0)
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = dict(self.rows[index])
+        row["pixel_values"] = self.pixel_values[self.offsets[index]:self.offsets[index + 1]]
+        return row
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        return [self[index] for index in indices]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [*(self.rows[0] if self.rows else {}), "pixel_values"]
 
 
 class CaptionCollator(ConversationCollator):

@@ -18,7 +18,7 @@ from transformers import AutoProcessor, HfArgumentParser, set_seed
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
-from minivlm.data.collator import CaptionCollator
+from minivlm.data.collator import CaptionCollator, PreprocessedDataset, preprocessed_size
 from minivlm.data.conversations import load_eval_questions, load_training_data, training_texts
 from minivlm.data.shapes import shapes_texts
 from minivlm.data.loading import caption_column_argument, load_dataset_splits
@@ -37,6 +37,7 @@ from .trainer import MiniVLMTrainingArguments as TrainingArguments
 
 logger = logging.getLogger("minivlm.train")
 FREEZE_CHOICES = ("vision", "projector-only", "none")
+PREPROCESS_AUTO_BYTES = 2**30  # --preprocess_images by default below this size of the pixel tensor
 
 
 @dataclass
@@ -119,6 +120,12 @@ class DataArguments:
                           "epoch as one multi-turn chat instead of packed single turns."},
     )
     image_folder: str | None = field(default=None, metadata={"help": "Where LLaVA JSON image paths are relative to."})
+    preprocess_images: bool | None = field(
+        default=None,
+        metadata={"help": "Decode and preprocess every training image once, before training (one float32 tensor in "
+                          "memory), instead of in every batch. Default: when that tensor fits in "
+                          f"{PREPROCESS_AUTO_BYTES // 2**30} GiB."},
+    )
     shapes_dir: str = field(default="data/shapes", metadata={"help": "Where the shapes set is generated."})
     shapes_num_train: int = field(default=3000)
     shapes_num_eval: int = field(default=200)
@@ -280,6 +287,8 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
         # The Trainer's samplers read the lengths from this column; without it they would build
         # every example (decoding its image) to measure it.
         train_dataset = collator.add_length_column(train_dataset, training_args.length_column_name)
+    if _preprocesses_images(data_args, training_args, model_args, train_dataset, processor):
+        train_dataset = PreprocessedDataset(train_dataset, processor)
     card_context = {
         "base_model": [m for m in (model_args.vision_model, model_args.language_model) if m and not model_args.tiny_text_config],
         "dataset": data_args.dataset,
@@ -333,6 +342,22 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training")
     return trainer
+
+
+def _preprocesses_images(data_args, training_args, model_args, train_dataset, processor) -> bool:
+    """Whether the training images are preprocessed once (`PreprocessedDataset`): asked for, or by default
+    when their pixel tensor is small. Not with cached vision features (no images left) nor with the
+    Trainer's length-grouping samplers (they read a `datasets.Dataset` column)."""
+    if data_args.preprocess_images is False or model_args.cache_vision_features:
+        return False
+    if training_args.train_sampling_strategy in ("group_by_length", "batch_rebalance"):
+        if data_args.preprocess_images:
+            raise ValueError("--preprocess_images does not combine with --train_sampling_strategy "
+                             f"{training_args.train_sampling_strategy}; drop one of them.")
+        return False
+    if data_args.preprocess_images:
+        return True
+    return preprocessed_size(train_dataset, processor) <= PREPROCESS_AUTO_BYTES
 
 
 def leave_process_group() -> None:
