@@ -5,6 +5,9 @@
 - `evaluate_answers`: answers scored against their references: `vqa_accuracy` (VQAv2 normalisation)
   over all questions and per question type, and, for the questions whose reference holds a box
   (`[x1, y1, x2, y2]`, see `minivlm.data.grounding`), `box_accuracy` (IoU >= 0.5) and `box_mean_iou`.
+- `evaluate_chat`: several questions about one image asked in one chat, each after the model's own
+  earlier answers (as `pipeline("image-text-to-text")` with the history and the app ask them), scored
+  per turn: what a user sees from the second question on.
 - `load_question_dataset`: the questions of a split of the shapes set (its `metadata.jsonl`), flat:
   ``image``, ``id``, ``type``, ``question``, ``answer``.
 """
@@ -21,10 +24,11 @@ import torch
 from transformers.utils.logging import tqdm
 
 from minivlm.data.grounding import parse_boxes
-from minivlm.evaluation.boxes import box_metrics
+from minivlm.evaluation.boxes import BOX_IOU_THRESHOLD, box_iou, box_metrics
 from minivlm.evaluation.vqa import vqa_accuracy
 
-__all__ = ["QUESTION_SCORE_KEYS", "answer_questions", "evaluate_answers", "load_question_dataset", "load_questions"]
+__all__ = ["QUESTION_SCORE_KEYS", "answer_questions", "answer_chats", "evaluate_answers", "evaluate_chat",
+           "load_question_dataset", "load_questions"]
 
 # The numbers `evaluate_answers` returns (per-type accuracies come as `vqa_accuracy_<type>` besides).
 QUESTION_SCORE_KEYS = ("vqa_accuracy", "box_accuracy", "box_mean_iou")
@@ -44,17 +48,48 @@ def answer_questions(
     """Greedy answers to `questions[i]` about `images[i]`, in order (stripped, special tokens removed)."""
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images but {len(questions)} questions")
+    return answer_chats(model, processor, images, [[] for _ in questions], questions, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens, progress=progress, **generate_kwargs)
+
+
+def chat_messages(history: list[tuple[str, str]], question: str) -> list[dict[str, Any]]:
+    """The messages of a chat about one image: the earlier `(question, answer)` turns, then `question`; the
+    image comes with the first question, as the pipeline and the app send it."""
+    messages = []
+    for index, (asked, answered) in enumerate([*history, (question, None)]):
+        content = ([{"type": "image"}] if index == 0 else []) + [{"type": "text", "text": asked}]
+        messages.append({"role": "user", "content": content})
+        if answered is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
+    return messages
+
+
+def answer_chats(
+    model: torch.nn.Module,
+    processor,
+    images: list[Any],
+    histories: list[list[tuple[str, str]]],
+    questions: list[str],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 16,
+    progress: bool = False,
+    **generate_kwargs: Any,
+) -> list[str]:
+    """Greedy answers to `questions[i]` about `images[i]` after the turns `histories[i]` (`(question, answer)`
+    pairs, oldest first; empty for a first question), in order (stripped, special tokens removed)."""
+    if not len(images) == len(histories) == len(questions):
+        raise ValueError(f"{len(images)} images, {len(histories)} histories and {len(questions)} questions")
     answers: list[str] = []
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for start in tqdm(range(0, len(questions), batch_size), desc="Answering", disable=not progress):
-                batch_questions = questions[start:start + batch_size]
-                prompts = [processor.apply_chat_template(
-                    [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-                    add_generation_prompt=True) for q in batch_questions]
-                inputs = processor(images=images[start:start + batch_size], text=prompts, padding=True,
+                end = start + batch_size
+                prompts = [processor.apply_chat_template(chat_messages(history, question), add_generation_prompt=True)
+                           for history, question in zip(histories[start:end], questions[start:end])]
+                inputs = processor(images=images[start:end], text=prompts, padding=True,
                                    return_tensors="pt").to(model.device)
                 generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
                 answers += processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1]:])
@@ -102,6 +137,58 @@ def evaluate_answers(
     if target_boxes:
         metrics.update(box_metrics(predicted_boxes, target_boxes))
     return records, metrics
+
+
+def _correct(prediction: str, references: list[str]) -> float:
+    """1/0 for a box (IoU >= 0.5 with the first reference box), the VQA accuracy otherwise."""
+    target = parse_boxes(references[0])
+    if target:
+        predicted = parse_boxes(prediction)
+        return float(bool(predicted) and box_iou(predicted[0], target[0]) >= BOX_IOU_THRESHOLD)
+    return vqa_accuracy(prediction, references)
+
+
+def evaluate_chat(
+    model: torch.nn.Module, processor, dataset: datasets.Dataset | list[dict[str, Any]], *, turns: int = 4,
+    batch_size: int = 32, max_new_tokens: int = 16, progress: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Each image's first `turns` questions asked in one chat, every question after the earlier questions and
+    the model's own answers to them.
+
+    `dataset`: rows with ``image``, ``id``, ``question``, ``answer`` (or ``answers``), an image's rows in the
+    order they are asked (`load_question_dataset`); images with fewer than `turns` questions are left out.
+    A box answer is right at IoU >= 0.5 with the reference, any other by VQA accuracy.
+
+    Returns ``(chats, metrics)``: chats ``[{"id", "turns": [{"question", "prediction", "answers",
+    "correct"}]}]``; metrics ``chat_accuracy_turn_<k>`` for k = 1..turns and ``chat_accuracy_later``, the
+    mean over turns 2..turns (what a conversation gives after its first answer).
+    """
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for row in dataset:
+        by_image.setdefault(str(row["id"]), []).append(row)
+    chats = [{"id": key, "rows": rows[:turns]} for key, rows in by_image.items() if len(rows) >= turns]
+    if not chats:
+        raise ValueError(f"no image has {turns} questions; ask fewer turns.")
+    histories: list[list[tuple[str, str]]] = [[] for _ in chats]
+    for chat in chats:
+        chat["turns"] = []
+    for turn in range(turns):
+        rows = [chat["rows"][turn] for chat in chats]
+        predictions = answer_chats(model, processor, [r["image"] for r in rows], histories,
+                                   [r["question"] for r in rows], batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, progress=progress)
+        for chat, history, row, prediction in zip(chats, histories, rows, predictions):
+            references = row.get("answers") or [row["answer"]]
+            references = [references] if isinstance(references, str) else list(references)
+            chat["turns"].append({"question": row["question"], "prediction": prediction, "answers": references,
+                                  "correct": _correct(prediction, references)})
+            history.append((row["question"], prediction))
+    metrics = {f"chat_accuracy_turn_{k + 1}": sum(c["turns"][k]["correct"] for c in chats) / len(chats)
+               for k in range(turns)}
+    later = [c["turns"][k]["correct"] for c in chats for k in range(1, turns)]
+    if later:
+        metrics["chat_accuracy_later"] = sum(later) / len(later)
+    return [{"id": c["id"], "turns": c["turns"]} for c in chats], metrics
 
 
 def load_question_dataset(dataset: str, split: str = "test", max_samples: int | None = None) -> datasets.Dataset:

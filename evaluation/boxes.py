@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["box_iou", "box_metrics"]
+__all__ = ["BOX_IOU_THRESHOLD", "box_iou", "box_metrics"]
+
+BOX_IOU_THRESHOLD = 0.5  # a predicted box is right at this IoU with the reference, or more
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -23,7 +25,7 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def box_metrics(
-    predictions: Sequence[Sequence[float] | None], targets: Sequence[Sequence[float]], threshold: float = 0.5
+    predictions: Sequence[Sequence[float] | None], targets: Sequence[Sequence[float]], threshold: float = BOX_IOU_THRESHOLD
 ) -> dict[str, float]:
     """`box_accuracy` (fraction with IoU >= `threshold`) and `box_mean_iou` of predicted vs target boxes.
 

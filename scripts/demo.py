@@ -26,12 +26,15 @@ from transformers import AutoModel, AutoProcessor, HfArgumentParser, pipeline, s
 
 from minivlm.data.grounding import parse_boxes
 from minivlm.data.loading import load_split, resolve_dataset
-from minivlm.evaluation.answering import evaluate_answers, load_question_dataset
+from minivlm.evaluation.answering import chat_messages, evaluate_answers, evaluate_chat, load_question_dataset
 from minivlm.evaluation.boxes import box_iou
 from minivlm.evaluation.captioning import evaluate_captions, generate_captions
 from minivlm.evaluation.plots import plot_box_grid, plot_caption_grid, plot_loss_curve
 from minivlm.training.presets import PRESETS
 from minivlm.training.run import build_model, load_data, parse_args, train
+
+
+CHAT_TURNS = 4  # questions per image asked in one chat
 
 
 @dataclass
@@ -112,15 +115,23 @@ def main(argv: list[str] | None = None) -> None:
     assert after == [p["caption"] for p in predictions[: demo.num_samples]], "pipeline and batched generation disagree"
 
     # Questions and grounding on the same held-out images, each question asked on its own.
-    answers, answer_metrics = [], {}
+    answers, answer_metrics, chats, chat_metrics = [], {}, [], {}
     if instruct:
         questions = load_question_dataset(str(data_dir), "test")
         answers, answer_metrics = evaluate_answers(model, processor, questions, batch_size=64)
+        # The first CHAT_TURNS questions of each image in one chat, each after the model's own earlier answers.
+        chats, chat_metrics = evaluate_chat(model, processor, questions, turns=CHAT_TURNS, batch_size=64)
         chat = pipeline("image-text-to-text", model=str(model_dir), trust_remote_code=True)
         first = [{"role": "user", "content": [{"type": "image", "image": questions[0]["image"]},
                                               {"type": "text", "text": questions[0]["question"]}]}]
         reply = chat(text=first, max_new_tokens=16, return_full_text=False)[0]["generated_text"].strip()
         assert reply == answers[0]["prediction"], "the image-text-to-text pipeline and batched answers disagree"
+        # The last turn of the first chat, asked through the pipeline with its history, as the app asks it.
+        history = [(t["question"], t["prediction"]) for t in chats[0]["turns"][:-1]]
+        messages = chat_messages(history, chats[0]["turns"][-1]["question"])
+        messages[0]["content"][0]["image"] = questions[0]["image"]
+        reply = chat(text=messages, max_new_tokens=16, return_full_text=False)[0]["generated_text"].strip()
+        assert reply == chats[0]["turns"][-1]["prediction"], "the pipeline and batched chat answers disagree"
 
     print("\nheld-out captions (untrained -> trained | a reference):")
     for sample, old, new in zip(samples, before, after):
@@ -142,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"answers:  {answer_metrics['vqa_accuracy']:.1%} exact of {len(answers) - n_boxes} questions ({per_type})")
         print(f"boxes:    {answer_metrics['box_accuracy']:.1%} at IoU >= 0.5 of {n_boxes}, "
               f"mean IoU {answer_metrics['box_mean_iou']:.3f}")
+        per_turn = "  ".join(f"{k}: {chat_metrics[f'chat_accuracy_turn_{k}']:.1%}" for k in range(1, CHAT_TURNS + 1))
+        print(f"chat:     questions 2-{CHAT_TURNS} of one chat {chat_metrics['chat_accuracy_later']:.1%} right "
+              f"({len(chats)} chats; by turn {per_turn})")
 
         box_records = [r for r in answers if r["type"] == "box"][: demo.num_samples]
         by_id = {example_id: index for index, example_id in enumerate(test["id"])}
@@ -163,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - start
     summary = {
         "shapes_accuracy": accuracy, "bleu_4": metrics["bleu_4"], "cider": metrics["cider"],
-        "rouge_l": metrics["rouge_l"], **answer_metrics, "train_steps": train_steps, "train_seconds": train_seconds,
+        "rouge_l": metrics["rouge_l"], **answer_metrics, **chat_metrics, "train_steps": train_steps, "train_seconds": train_seconds,
         "total_seconds": total, "torch_threads": torch.get_num_threads(),
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
@@ -171,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     pictures = [out / "loss_curve.png", out / "captions_before_after.png"]
     if instruct:
         (out / "answers.json").write_text(json.dumps(answers, indent=1))
+        (out / "chats.json").write_text(json.dumps(chats, indent=1))
         pictures.append(out / "boxes.png")
     print(f"\nwrote {', '.join(str(p) for p in pictures)}, {model_dir}")
     print(f"done in {total:.0f}s")

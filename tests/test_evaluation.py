@@ -340,3 +340,65 @@ def test_eval_callback_adds_answer_and_box_scores_when_given_questions(model, pr
     for key in ("vqa_accuracy", "box_accuracy", "box_mean_iou"):
         assert scores[key] == pytest.approx(expected[key])
     assert "cider" in scores and "shapes_accuracy" in scores
+
+
+def test_chat_turns_are_answered_after_the_models_own_answers_as_the_pipeline_does(saved_model_dir):
+    """Each turn of `evaluate_chat` equals the image-text-to-text pipeline asked with the same history."""
+    from transformers import AutoModel, AutoProcessor, pipeline
+
+    from minivlm.evaluation.answering import evaluate_chat
+
+    model = AutoModel.from_pretrained(saved_model_dir, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(saved_model_dir, trust_remote_code=True)
+    images = make_images(2)
+    questions = ["what colour is the circle", "how many shapes", "is there a circle"]
+    rows = [{"image": image, "id": f"i{n}", "question": q, "answer": "red"} for n, image in enumerate(images)
+            for q in questions]
+    chats, _ = evaluate_chat(model, processor, rows, turns=3, batch_size=2, max_new_tokens=3)
+    chat_pipeline = pipeline("image-text-to-text", model=str(saved_model_dir), trust_remote_code=True)
+    for image, chat in zip(images, chats):
+        messages = []
+        for turn in chat["turns"]:
+            content = ([{"type": "image", "image": image}] if not messages else []) + [{"type": "text", "text": turn["question"]}]
+            messages.append({"role": "user", "content": content})
+            reply = chat_pipeline(text=messages, max_new_tokens=3, return_full_text=False)[0]["generated_text"].strip()
+            assert reply == turn["prediction"]
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": turn["prediction"]}]})
+
+
+def test_chat_scores_each_turn_with_hand_computed_values(monkeypatch):
+    """Scripted answers: the history carries the model's own answers, boxes count at IoU >= 0.5, and the
+    images with fewer questions than turns are left out."""
+    from minivlm.evaluation import answering
+
+    script = {  # (image id, turn) -> prediction
+        ("a", 0): "red", ("a", 1): "[0, 0, 100, 100]", ("a", 2): "no",
+        ("b", 0): "blue", ("b", 1): "[0, 0, 100, 50]", ("b", 2): "yes",
+    }
+    seen_histories = []
+
+    def scripted(model, processor, images, histories, questions, **kwargs):
+        seen_histories.append([list(h) for h in histories])
+        return [script[(image, len(history))] for image, history in zip(images, histories)]
+
+    monkeypatch.setattr(answering, "answer_chats", scripted)
+    rows = []
+    for image in ("a", "b"):
+        rows += [{"image": image, "id": image, "question": "colour", "answer": "red"},
+                 {"image": image, "id": image, "question": "box", "answer": "[0, 0, 100, 100]"},
+                 {"image": image, "id": image, "question": "there", "answers": ["yes", "yes", "no"]}]
+    rows.append({"image": "c", "id": "c", "question": "colour", "answer": "red"})  # one question: no chat
+    chats, metrics = answering.evaluate_chat(None, None, rows, turns=3)
+    assert [c["id"] for c in chats] == ["a", "b"]
+    assert seen_histories[2] == [[("colour", "red"), ("box", "[0, 0, 100, 100]")],
+                                 [("colour", "blue"), ("box", "[0, 0, 100, 50]")]]
+    # Turn 1: a right, b wrong. Turn 2: IoU 1 and IoU exactly 0.5 (both right). Turn 3, references
+    # yes/yes/no, each left out in turn, min(matches among the other two / 3, 1) averaged:
+    yes_no = (1 / 3 + 1 / 3 + 0) / 3  # "no" matches one of the others twice, none once
+    yes_yes = (1 / 3 + 1 / 3 + 2 / 3) / 3
+    assert metrics["chat_accuracy_turn_1"] == 0.5
+    assert metrics["chat_accuracy_turn_2"] == 1.0
+    assert metrics["chat_accuracy_turn_3"] == pytest.approx((yes_no + yes_yes) / 2)
+    assert metrics["chat_accuracy_later"] == pytest.approx((1.0 + 1.0 + yes_no + yes_yes) / 4)
+    with pytest.raises(ValueError, match="no image has 4 questions"):
+        answering.evaluate_chat(None, None, rows, turns=4)
