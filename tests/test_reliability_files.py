@@ -132,3 +132,67 @@ def test_write_model_card_keeps_a_readme_it_did_not_write(tmp_path, caplog):
         write_model_card(tmp_path, dataset="shapes")
     assert (tmp_path / "README.md").read_text() == "mine"
     assert "not a model card MiniVLM wrote" in caplog.text
+
+
+# -- the shapes set: only the generator's files are replaced, and the set trained is the one recorded ---
+def _pngs(folder):
+    return sorted(p.name for p in folder.glob("*.png"))
+
+
+def test_regenerating_the_shapes_set_keeps_the_users_files_in_its_split_folders(tmp_path):
+    from minivlm.data.shapes import SHAPES_MARKER, ensure_shapes_dataset, generate_shapes_dataset
+
+    folder = generate_shapes_dataset(tmp_path / "shapes", num_train=4, num_validation=2, num_test=2, image_size=32)
+    (folder / "train" / "myphoto.jpg").write_bytes(b"the user's photo")
+    (folder / "train" / "train_7.png").write_bytes(b"not the generator's name")  # 5 digits are
+    (folder / "test" / "keep.txt").write_text("the user's notes")
+    # Questions of an older version: the set is written again.
+    record = json.loads((folder / SHAPES_MARKER).read_text())
+    (folder / SHAPES_MARKER).write_text(json.dumps({**record, "questions_version": 1}))
+    ensure_shapes_dataset(folder, num_train=2, num_validation=2, num_test=0, image_size=32)
+    assert (folder / "train" / "myphoto.jpg").read_bytes() == b"the user's photo"
+    assert (folder / "train" / "train_7.png").read_bytes() == b"not the generator's name"
+    assert (folder / "test" / "keep.txt").read_text() == "the user's notes"
+    assert _pngs(folder / "train") == ["train_00000.png", "train_00001.png", "train_7.png"]  # 2 and 3 were stale
+    assert not (folder / "test" / "metadata.jsonl").exists() and _pngs(folder / "test") == []
+    assert not (folder / "validation" / "keep.txt").exists() and len(_pngs(folder / "validation")) == 2
+
+
+def test_an_interrupted_generation_is_finished_without_touching_the_users_files(tmp_path):
+    from minivlm.data.shapes import SHAPES_MARKER, ensure_shapes_dataset, generate_shapes_dataset
+
+    folder = generate_shapes_dataset(tmp_path / "shapes", num_train=3, num_validation=0, num_test=0, image_size=32)
+    record = json.loads((folder / SHAPES_MARKER).read_text())
+    (folder / SHAPES_MARKER).write_text(json.dumps({**record, "complete": False}))  # as if killed mid-way
+    (folder / "train" / "train_00001.png").unlink()
+    (folder / "train" / "notes.md").write_text("mine")
+    ensure_shapes_dataset(folder, num_train=3, num_validation=0, num_test=0, image_size=32)
+    assert _pngs(folder / "train") == ["train_00000.png", "train_00001.png", "train_00002.png"]
+    assert (folder / "train" / "notes.md").read_text() == "mine"
+    assert json.loads((folder / SHAPES_MARKER).read_text())["complete"] is True
+
+
+def test_asking_for_more_shapes_images_than_the_set_holds_trains_on_that_many(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    common = ["--shapes_dir", str(data), "--shapes_image_size", "32", "--shapes_num_eval", "2", "--max_steps", "1",
+              "--save_strategy", "no", "--eval_strategy", "no"]
+    train(*parse_args(tiny_argv(out, "shapes", "--shapes_num_train", "8", *common)))
+    assert len(_pngs(data / "train")) == 8
+    trainer = train(*parse_args(tiny_argv(out, "shapes", "--shapes_num_train", "12", "--overwrite_output_dir", "true",
+                                          *common)))
+    assert len(trainer.train_dataset) == 12 and len(_pngs(data / "train")) == 12
+    assert json.loads((out / "_minivlm_run.json").read_text())["shapes_num_train"] == 12
+    # Fewer again: the 4 images past the eighth are the generator's and go.
+    trainer = train(*parse_args(tiny_argv(tmp_path / "out2", "shapes", "--shapes_num_train", "8", *common)))
+    assert len(trainer.train_dataset) == 8 and len(_pngs(data / "train")) == 8
+
+
+def test_a_set_from_before_the_marker_with_other_counts_is_refused_not_trained(tmp_path):
+    from minivlm.data.shapes import SHAPES_MARKER, ShapesFolderError, ensure_shapes_dataset, generate_shapes_dataset
+
+    folder = generate_shapes_dataset(tmp_path / "shapes", num_train=8, num_validation=2, num_test=2, image_size=32)
+    (folder / SHAPES_MARKER).unlink()  # written by a version that left no marker
+    ensure_shapes_dataset(folder, num_train=8, num_validation=2, num_test=2, image_size=32)  # the counts match: used
+    with pytest.raises(ShapesFolderError, match=r"8 train image\(s\), not the 12 asked for.*--shapes_num_train"):
+        ensure_shapes_dataset(folder, num_train=12, num_validation=2, num_test=2, image_size=32)
+    assert len(_pngs(folder / "train")) == 8
