@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -369,6 +370,16 @@ def to_training_view(ds: datasets.Dataset) -> datasets.Dataset:
     return ds.select_columns(list(TRAINING_FEATURES)).cast(TRAINING_FEATURES)
 
 
+def check_weights(weights: Sequence[float], num_sources: int) -> None:
+    """Raises ValueError unless `weights` holds one positive, finite number per source. They are
+    proportions (3,1 is 0.75,0.25); a source sampled with weight 0 could never be used up, so it is
+    left out of --dataset instead."""
+    if len(weights) != num_sources or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"--dataset_weights {list(weights)} must give one positive, finite weight per dataset "
+                         f"({num_sources}), e.g. 3,1 for three rows of the first to one of the second; leave a "
+                         "dataset out of --dataset rather than weighting it 0.")
+
+
 def mix_datasets(
     sources: Sequence[datasets.Dataset], weights: Sequence[float] | None = None, seed: int = 42
 ) -> datasets.Dataset:
@@ -379,9 +390,7 @@ def mix_datasets(
         return sources[0]
     if weights is None:
         return datasets.concatenate_datasets(sources)
-    if len(weights) != len(sources) or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"--dataset_weights {list(weights)} must give one non-negative weight per dataset "
-                         f"({len(sources)}), not all zero.")
+    check_weights(weights, len(sources))
     total = sum(weights)
     return datasets.interleave_datasets(sources, probabilities=[w / total for w in weights], seed=seed,
                                         stopping_strategy="all_exhausted")
@@ -408,6 +417,18 @@ def _split_list(value: str | None) -> list[str]:
     return [item.strip() for item in value.split(",")] if value else []
 
 
+def parse_weights(value: str | None, num_sources: int) -> list[float] | None:
+    """`--dataset_weights` (comma-separated numbers) as checked weights (`check_weights`), or None when unset."""
+    if not value:
+        return None
+    try:
+        weights = [float(w) for w in _split_list(value)]
+    except ValueError:
+        raise ValueError(f"--dataset_weights {value!r} must be numbers separated by commas, e.g. 3,1.") from None
+    check_weights(weights, num_sources)
+    return weights
+
+
 def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """The training split of `--dataset` (one or several, comma-separated, mixed by `--dataset_weights`) in
     the training view, cleaned, and the evaluation split of the first source in its own view (or None).
@@ -429,7 +450,7 @@ def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, dat
     bad = [f for f in formats if f != "auto" and f not in FORMATS]
     if bad:
         raise ValueError(f"unknown --dataset_format {bad}; choose from auto, {', '.join(FORMATS)}.")
-    weights = [float(w) for w in _split_list(data_args.dataset_weights)] or None
+    weights = parse_weights(data_args.dataset_weights, len(names))
 
     def load(name: str, fmt: str, split: str, max_samples: int | None) -> datasets.Dataset:
         if name == "shapes":

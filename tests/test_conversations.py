@@ -122,7 +122,7 @@ def test_mixture_with_weights_is_seeded_and_collates(processor):
     assert batch["pixel_values"].shape[0] == len(mixed)
     texts = list(training_texts(mixed))
     assert "a red circle" in texts and "how many two" in texts
-    with pytest.raises(ValueError, match="one non-negative weight per dataset"):
+    with pytest.raises(ValueError, match="one positive, finite weight per dataset"):
         mix_datasets([captions, vqa], [1.0])
 
 
