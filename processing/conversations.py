@@ -151,8 +151,9 @@ def from_llava(
                      "content": _split_markers(turn.get("value") or "")} for turn in record.get("conversations") or []]
         image = record.get("image")
         images = [] if image is None else image if isinstance(image, list) else [image]
-        rows.append({"messages": messages, "images": [_image_value(i, image_folder) for i in images],
-                     "id": str(record.get("id", index))})
+        # A path that is not a string (a number, an object) is kept as no image, for cleaning to count.
+        rows.append({"messages": messages, "images": [_image_value(i, image_folder) if isinstance(i, str) else None
+                                                      for i in images], "id": str(record.get("id", index))})
     return _build(rows)
 
 
@@ -289,7 +290,10 @@ def _outside(path: str, folder: str | os.PathLike) -> bool:
     """Whether `path` (as the adapters store it: joined with its folder already, or absolute) resolves,
     `..` and symlinks followed, to a place outside `folder`."""
     root = os.path.realpath(folder)
-    return os.path.commonpath([root, os.path.realpath(path)]) != root
+    try:
+        return os.path.commonpath([root, os.path.realpath(path)]) != root
+    except (OSError, ValueError):  # a NUL byte, a path too long: nothing it could name is trusted
+        return True
 
 
 def _image_problems(images: list[dict | None], image_folder: str | os.PathLike | None) -> str:

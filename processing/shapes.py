@@ -330,6 +330,12 @@ def generate_shapes_dataset(
             f"{output_dir} is not empty and holds no shapes set written by MiniVLM (no {SHAPES_MARKER}); its files "
             "are left untouched. Pass a new or empty folder (--shapes_dir), or move those files away."
         )
+    linked = [split for split in SPLITS if (output_dir / split).is_symlink() or (output_dir / split).is_file()]
+    if linked:
+        raise ShapesFolderError(
+            f"{output_dir}/{linked[0]} is a link or a file, not a folder of the shapes set: writing through it would "
+            "put files elsewhere. Remove it, or pass a new or empty folder (--shapes_dir)."
+        )
     params = shapes_parameters(num_train, num_validation, num_test, image_size, seed, shapes, colours, two_object_prob)
     output_dir.mkdir(parents=True, exist_ok=True)
     marker = output_dir / SHAPES_MARKER

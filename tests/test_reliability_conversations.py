@@ -167,3 +167,14 @@ def test_load_image_allows_exactly_the_pixel_limit(tmp_path):
     assert check_pixels(Image.open(tmp_path / "at.png"), max_pixels=LIMIT).size == (8192, 8192)
     with pytest.raises(ImageLoadError):
         check_pixels(Image.open(tmp_path / "at.png"), max_pixels=LIMIT - 1)
+
+
+def test_odd_llava_paths_are_dropped_not_crashed_on(tmp_path):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    save_image(folder / "ok.png")
+    os.symlink("/dev/zero", folder / "zero.png")
+    rows = [llava_row("ok", "ok.png"), llava_row("nul", "ok\x00.png"), llava_row("number", 5),
+            llava_row("device", "zero.png"), llava_row("folder", "sub"), llava_row("inside", "sub/../ok.png")]
+    kept = clean_conversations(from_llava(rows, folder), max_bad_fraction=1.0, image_folder=folder)
+    assert kept["id"] == ["ok", "inside"]

@@ -196,3 +196,22 @@ def test_a_set_from_before_the_marker_with_other_counts_is_refused_not_trained(t
     with pytest.raises(ShapesFolderError, match=r"8 train image\(s\), not the 12 asked for.*--shapes_num_train"):
         ensure_shapes_dataset(folder, num_train=12, num_validation=2, num_test=2, image_size=32)
     assert len(_pngs(folder / "train")) == 8
+
+
+def test_a_split_folder_that_is_a_link_is_refused_and_nothing_is_written_through_it(tmp_path):
+    import os
+    import shutil
+
+    from minivlm.data.shapes import ShapesFolderError, ensure_shapes_dataset, generate_shapes_dataset
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "metadata.jsonl").write_text("the user's\n")
+    (photos / "train_00000.png").write_bytes(b"the user's")
+    folder = generate_shapes_dataset(tmp_path / "shapes", num_train=2, num_validation=0, num_test=0, image_size=32)
+    shutil.rmtree(folder / "train")
+    os.symlink(photos, folder / "train")
+    with pytest.raises(ShapesFolderError, match=r"train is a link or a file"):
+        ensure_shapes_dataset(folder, num_train=3, num_validation=0, num_test=0, image_size=32)
+    assert sorted(p.name for p in photos.iterdir()) == ["metadata.jsonl", "train_00000.png"]
+    assert (photos / "train_00000.png").read_bytes() == b"the user's"
