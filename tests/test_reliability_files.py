@@ -124,6 +124,15 @@ def test_the_projects_own_model_card_is_replaced_by_the_next_run(tmp_path, shape
     assert (out / "README.md").read_text() != first  # the new run's card (2 steps)
 
 
+@pytest.mark.parametrize("text", ["---\nkey: [unclosed\n---\n# mine\n", "---\n- a\n---\n", "---\ntags: minivlm\n---\n",
+                                  "---\nlibrary_name: peft\n---\n# my adapters\n", ""])
+def test_only_a_card_the_project_writes_counts_as_its_own(tmp_path, text):
+    from minivlm.training.model_card import is_project_card
+
+    (tmp_path / "README.md").write_text(text)
+    assert is_project_card(tmp_path / "README.md") is False
+
+
 def test_write_model_card_keeps_a_readme_it_did_not_write(tmp_path, caplog):
     from minivlm.training.model_card import write_model_card
 

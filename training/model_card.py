@@ -51,7 +51,9 @@ def is_project_card(path: str | os.PathLike) -> bool:
     try:
         metadata = metadata_load(path) or {}
         text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except (OSError, ValueError):  # unreadable, or front matter that is not YAML: not ours
+    except Exception:  # unreadable, or front matter that is not YAML (yaml's own errors): not ours
+        return False
+    if not isinstance(metadata, dict):
         return False
     tags = metadata.get("tags") or []
     if isinstance(tags, list) and "minivlm" in tags:
