@@ -302,8 +302,13 @@ def _check_batch(images: list[dict | None], captions: list[list[str] | None], im
     return out
 
 
-def _image_problem(image: dict | None) -> str:
-    """Why an undecoded image ({bytes, path}) cannot be used, or "" when PIL decodes it fully."""
+def _image_problem(image: dict | None, decode: bool = True) -> str:
+    """Why an undecoded image ({bytes, path}) cannot be used, or "" when it can.
+
+    Checked from the file and the header: present, not empty, an image PIL recognises, at most
+    `MAX_IMAGE_PIXELS` pixels (exactly that many is allowed). With `decode` the pixels are then
+    decoded in full (truncated or corrupt files); without it nothing past the header is read.
+    """
     data, path = (image or {}).get("bytes"), (image or {}).get("path")
     if data is None and not path:
         return "missing image"
@@ -318,8 +323,11 @@ def _image_problem(image: dict | None) -> str:
             with Image.open(source) as im:
                 if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:  # from the header, before decoding
                     return "image too large"
-                im.draft(None, (1, 1))  # JPEG: decode at 1/8 scale, faster; every byte is still read
-                im.load()  # open() reads only the header: load() is what catches truncation
+                if decode:
+                    im.draft(None, (1, 1))  # JPEG: decode at 1/8 scale, faster; every byte is still read
+                    im.load()  # open() reads only the header: load() is what catches truncation
+    except Image.DecompressionBombError:  # PIL's own limit (twice its MAX_IMAGE_PIXELS), met at open()
+        return "image too large"
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         return "truncated image" if "truncated" in str(err).lower() else "undecodable image"
     return ""

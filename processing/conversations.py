@@ -28,12 +28,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
+
+from minivlm.image_loading import short
 
 __all__ = [
     "MESSAGES", "CONVERSATION_FEATURES", "FORMATS", "detect_format", "from_chat", "from_llava", "from_cauldron",
@@ -95,6 +99,19 @@ def _build(rows: Iterable[dict[str, Any]]) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows, features=CONVERSATION_FEATURES)
 
 
+def _undecoded(ds: datasets.Dataset, column: str) -> list[Any]:
+    """A column's values with its images not decoded (`{"bytes", "path"}`): an adapter only moves them, and
+    `clean_conversations` checks them from their headers, so a huge or broken image is never decoded here."""
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Image):
+        feature = datasets.Image(decode=False)
+    elif isinstance(feature, (datasets.List, datasets.LargeList)) and isinstance(feature.feature, datasets.Image):
+        feature = datasets.List(datasets.Image(decode=False))
+    else:
+        return ds[column]
+    return ds.select_columns([column]).cast_column(column, feature)[column]
+
+
 def _ids(ds: datasets.Dataset) -> list[str]:
     return [str(i) for i in ds["id"]] if "id" in ds.column_names else [str(i) for i in range(len(ds))]
 
@@ -102,7 +119,7 @@ def _ids(ds: datasets.Dataset) -> list[str]:
 def from_chat(ds: datasets.Dataset, messages_column: str = "messages", images_column: str = "images") -> datasets.Dataset:
     """HF chat format (TRL's): a ``messages`` column and an ``images`` column (a list, or one image)."""
     _require(ds, [messages_column], "chat")
-    images = ds[images_column] if images_column in ds.column_names else [[] for _ in range(len(ds))]
+    images = _undecoded(ds, images_column) if images_column in ds.column_names else [[] for _ in range(len(ds))]
     rows = []
     for messages, row_images, example_id in zip(ds[messages_column], images, _ids(ds)):
         if row_images is None:
@@ -120,7 +137,9 @@ def from_llava(
 
     ``source`` is a Dataset, a list of rows, or the path of the JSON file (then ``image_folder``
     defaults to its folder). ``<image>`` markers in the turns become image parts; ``image`` is a
-    path (relative to ``image_folder``), a list of paths, or absent (a text-only row).
+    path (relative to ``image_folder``), a list of paths, or absent (a text-only row). Paths are
+    only joined here; `clean_conversations` with the same ``image_folder`` drops the rows whose
+    images resolve outside it, or are missing (as training does).
     """
     if isinstance(source, (str, Path)):
         image_folder = image_folder if image_folder is not None else Path(source).parent
@@ -132,8 +151,9 @@ def from_llava(
                      "content": _split_markers(turn.get("value") or "")} for turn in record.get("conversations") or []]
         image = record.get("image")
         images = [] if image is None else image if isinstance(image, list) else [image]
-        rows.append({"messages": messages, "images": [_image_value(i, image_folder) for i in images],
-                     "id": str(record.get("id", index))})
+        # A path that is not a string (a number, an object) is kept as no image, for cleaning to count.
+        rows.append({"messages": messages, "images": [_image_value(i, image_folder) if isinstance(i, str) else None
+                                                      for i in images], "id": str(record.get("id", index))})
     return _build(rows)
 
 
@@ -144,7 +164,7 @@ def from_cauldron(ds: datasets.Dataset, images_column: str = "images", texts_col
     """
     _require(ds, [images_column, texts_column], "cauldron")
     rows = []
-    for images, texts, example_id in zip(ds[images_column], ds[texts_column], _ids(ds)):
+    for images, texts, example_id in zip(_undecoded(ds, images_column), ds[texts_column], _ids(ds)):
         images = list(images or [])
         messages = []
         for turn, qa in enumerate(texts or []):
@@ -173,7 +193,8 @@ def from_vqa(
         answer_column = "answer" if "answer" in ds.column_names else "answers"
     _require(ds, [image_column, question_column, answer_column], "vqa")
     rows = []
-    for image, question, answer, example_id in zip(ds[image_column], ds[question_column], ds[answer_column], _ids(ds)):
+    for image, question, answer, example_id in zip(_undecoded(ds, image_column), ds[question_column],
+                                                   ds[answer_column], _ids(ds)):
         target = answer.strip() if isinstance(answer, str) else vqa_target(answer or [])
         rows.append({"messages": [{"role": "user", "content": [dict(_IMAGE), _text(question or "")]},
                                   {"role": "assistant", "content": [_text(target)]}],
@@ -248,7 +269,7 @@ def to_conversations(ds: datasets.Dataset, fmt: str = "auto", image_folder: str 
 
 
 def _problem(messages: list[dict[str, Any]], n_images: int) -> str:
-    """Why a conversation cannot be trained on, or "" when it can."""
+    """Why a conversation cannot be trained on, or "" when it can (its text alone)."""
     if not any(m.get("role") == "assistant" for m in messages):
         return "no assistant turn"
     unknown = {m.get("role") for m in messages} - {"user", "assistant", "system"}
@@ -257,28 +278,81 @@ def _problem(messages: list[dict[str, Any]], n_images: int) -> str:
     for message in messages:
         if message["role"] == "assistant" and not "".join(p.get("text") or "" for p in message["content"]).strip():
             return "empty answer"
+    if any(IMAGE_MARKER in (p.get("text") or "") for m in messages for p in m["content"]):
+        return "text holds the image token"  # it would be expanded into image tokens with no image for them
     parts = sum(p.get("type") == "image" for m in messages for p in m["content"])
     if parts != n_images:
         return "image count not matching the image markers"
     return ""
 
 
-def clean_conversations(ds: datasets.Dataset, split_name: str = "train") -> datasets.Dataset:
-    """Drops conversations with no assistant turn, an empty answer, an unknown role, or an image count that
-    does not match their image parts (`<image>` markers); logs one warning with the counts by reason.
+def _outside(path: str, folder: str | os.PathLike) -> bool:
+    """Whether `path` (as the adapters store it: joined with its folder already, or absolute) resolves,
+    `..` and symlinks followed, to a place outside `folder`."""
+    root = os.path.realpath(folder)
+    try:
+        return os.path.commonpath([root, os.path.realpath(path)]) != root
+    except (OSError, ValueError):  # a NUL byte, a path too long: nothing it could name is trusted
+        return True
 
-    Raises ValueError when nothing is left.
+
+def _image_problems(images: list[dict | None], image_folder: str | os.PathLike | None) -> str:
+    """Why one of a conversation's undecoded images cannot be used, or "": a path outside `image_folder`
+    (when given), then what `minivlm.data.adapters` checks of a caption image, from the header only."""
+    from minivlm.data.adapters import _image_problem
+
+    for image in images:
+        path = (image or {}).get("path")
+        if image_folder is not None and (image or {}).get("bytes") is None and path and _outside(path, image_folder):
+            return "image path outside the image folder"
+        reason = _image_problem(image, decode=False)
+        if reason:
+            return reason
+    return ""
+
+
+def clean_conversations(
+    ds: datasets.Dataset,
+    split_name: str = "train",
+    *,
+    max_bad_fraction: float = 0.05,
+    image_folder: str | os.PathLike | None = None,
+) -> datasets.Dataset:
+    """Drops the conversations training could not use and logs one warning with the counts by reason.
+
+    Dropped, before any training step: no assistant turn, an empty answer, an unknown role, a text
+    that holds the image token (`<image>` typed in a question or answer), an image count that does
+    not match the image parts, and images that are missing, empty, not an image, or over
+    `MAX_IMAGE_PIXELS` pixels (read from the header; nothing is decoded). With `image_folder`
+    (LLaVA JSON's), every image given by path must resolve inside it, symlinks followed: `../`,
+    absolute paths and links that lead elsewhere are dropped.
+
+    Raises `BadDataError` (a ValueError) when more than `max_bad_fraction` of the split is dropped,
+    naming a few rows and their reasons, or when nothing is left.
     """
-    reasons = [_problem(m, len(i or [])) for m, i in zip(ds["messages"], ds.select_columns(["images"]).cast_column(
-        "images", datasets.List(datasets.Image(decode=False)))["images"])]
+    from minivlm.data.adapters import BadDataError
+
+    images = ds.select_columns(["images"]).cast_column("images", datasets.List(datasets.Image(decode=False)))["images"]
+    reasons = [_problem(m, len(i or [])) or _image_problems(i or [], image_folder)
+               for m, i in zip(ds["messages"], images)]
     bad = Counter(r for r in reasons if r)
+    total = len(ds)
+    summary = ", ".join(f"{n} {reason}" for reason, n in bad.most_common())
+    ids = _ids(ds)
+    if total and sum(bad.values()) / total > max_bad_fraction:
+        examples = "; ".join(f"id {ids[i]!r}: {r}" for i, r in enumerate(reasons) if r)
+        raise BadDataError(
+            f"{sum(bad.values())} of {total} conversations ({sum(bad.values()) / total:.1%}) in split {split_name!r} "
+            f"are unusable ({summary}), more than max_bad_fraction={max_bad_fraction}. For example: "
+            f"{short(examples, 400)}. Fix or remove them, or raise the threshold (--max_bad_fraction) to drop them "
+            "and go on."
+        )
     if bad:
         keep = [i for i, r in enumerate(reasons) if not r]
-        logger.warning("split %r: dropped %d of %d conversations (%s)", split_name, sum(bad.values()), len(ds),
-                       ", ".join(f"{n} {reason}" for reason, n in bad.most_common()))
+        logger.warning("split %r: dropped %d of %d conversations (%s)", split_name, sum(bad.values()), total, summary)
         ds = ds.select(keep)
     if len(ds) == 0:
-        raise ValueError(f"no usable conversations left in split {split_name!r} ({dict(bad)}); check the data format.")
+        raise BadDataError(f"no usable conversations left in split {split_name!r} ({dict(bad)}); check the data format.")
     return ds
 
 
@@ -300,6 +374,16 @@ def to_training_view(ds: datasets.Dataset) -> datasets.Dataset:
     return ds.select_columns(list(TRAINING_FEATURES)).cast(TRAINING_FEATURES)
 
 
+def check_weights(weights: Sequence[float], num_sources: int) -> None:
+    """Raises ValueError unless `weights` holds one positive, finite number per source. They are
+    proportions (3,1 is 0.75,0.25); a source sampled with weight 0 could never be used up, so it is
+    left out of --dataset instead."""
+    if len(weights) != num_sources or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"--dataset_weights {list(weights)} must give one positive, finite weight per dataset "
+                         f"({num_sources}), e.g. 3,1 for three rows of the first to one of the second; leave a "
+                         "dataset out of --dataset rather than weighting it 0.")
+
+
 def mix_datasets(
     sources: Sequence[datasets.Dataset], weights: Sequence[float] | None = None, seed: int = 42
 ) -> datasets.Dataset:
@@ -310,9 +394,7 @@ def mix_datasets(
         return sources[0]
     if weights is None:
         return datasets.concatenate_datasets(sources)
-    if len(weights) != len(sources) or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"--dataset_weights {list(weights)} must give one non-negative weight per dataset "
-                         f"({len(sources)}), not all zero.")
+    check_weights(weights, len(sources))
     total = sum(weights)
     return datasets.interleave_datasets(sources, probabilities=[w / total for w in weights], seed=seed,
                                         stopping_strategy="all_exhausted")
@@ -339,6 +421,18 @@ def _split_list(value: str | None) -> list[str]:
     return [item.strip() for item in value.split(",")] if value else []
 
 
+def parse_weights(value: str | None, num_sources: int) -> list[float] | None:
+    """`--dataset_weights` (comma-separated numbers) as checked weights (`check_weights`), or None when unset."""
+    if not value:
+        return None
+    try:
+        weights = [float(w) for w in _split_list(value)]
+    except ValueError:
+        raise ValueError(f"--dataset_weights {value!r} must be numbers separated by commas, e.g. 3,1.") from None
+    check_weights(weights, num_sources)
+    return weights
+
+
 def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """The training split of `--dataset` (one or several, comma-separated, mixed by `--dataset_weights`) in
     the training view, cleaned, and the evaluation split of the first source in its own view (or None).
@@ -347,7 +441,7 @@ def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, dat
     one dataset with several formats reads that dataset once per format (the shapes set's captions and
     its questions). A `.json` file is LLaVA's instruct JSON, its images under `--image_folder`.
     """
-    from minivlm.data.adapters import _load_split, clean_caption_dataset, load_caption_dataset
+    from minivlm.data.adapters import BadDataError, _load_split, clean_caption_dataset, load_caption_dataset
 
     names, formats = _split_list(data_args.dataset), _split_list(data_args.dataset_format) or ["auto"]
     if len(names) == 1 and len(formats) > 1:
@@ -360,7 +454,7 @@ def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, dat
     bad = [f for f in formats if f != "auto" and f not in FORMATS]
     if bad:
         raise ValueError(f"unknown --dataset_format {bad}; choose from auto, {', '.join(FORMATS)}.")
-    weights = [float(w) for w in _split_list(data_args.dataset_weights)] or None
+    weights = parse_weights(data_args.dataset_weights, len(names))
 
     def load(name: str, fmt: str, split: str, max_samples: int | None) -> datasets.Dataset:
         if name == "shapes":
@@ -368,8 +462,10 @@ def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, dat
 
             name = resolve_dataset(name, shapes_dir=data_args.shapes_dir, split=split, num_train=data_args.shapes_num_train,
                                    num_eval=data_args.shapes_num_eval, image_size=data_args.shapes_image_size, seed=seed)
+        folder = None  # where the images named by path must be: LLaVA's image folder
         if name.endswith(".json"):
-            ds = from_llava(name, data_args.image_folder)
+            folder = data_args.image_folder if data_args.image_folder is not None else str(Path(name).parent)
+            ds = from_llava(name, folder)
         else:
             raw = _load_split(name, split, data_args.dataset_config, None)
             if fmt == "captions" or (fmt == "auto" and detect_format(raw) == "captions"):
@@ -383,9 +479,12 @@ def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, dat
                 raise ValueError(f"{name} has no questions: it was written by an older version of the shapes set; "
                                  "delete the folder (or pick another --shapes_dir) to generate it again.")
             ds = to_conversations(raw, fmt, image_folder=data_args.image_folder)
+            if (detect_format(raw) if fmt == "auto" else fmt) == "llava":
+                folder = data_args.image_folder if data_args.image_folder is not None else os.curdir
         if max_samples is not None and max_samples < len(ds):
             ds = ds.shuffle(seed=seed).select(range(max_samples))
-        return clean_conversations(ds, split_name=split)
+        return clean_conversations(ds, split_name=split, max_bad_fraction=data_args.max_bad_fraction,
+                                   image_folder=folder)
 
     train = mix_datasets([load(n, f, data_args.train_split, data_args.max_train_samples) for n, f in zip(names, formats)],
                          weights, seed)
@@ -393,6 +492,8 @@ def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, dat
     if data_args.eval_split:
         try:
             evaluation = load(names[0], formats[0], data_args.eval_split, data_args.max_eval_samples)
+        except BadDataError:
+            raise  # a split that is there but bad stops the run, as the training split does
         except ValueError as error:
             logger.warning("No evaluation split: %s", error)
     return train, evaluation

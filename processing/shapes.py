@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -316,9 +315,11 @@ def generate_shapes_dataset(
     per split with ``file_name``, ``id``, ``captions`` (5 strings) and ``objects``, and a marker
     file ``.minivlm_shapes.json`` (written first as incomplete, rewritten as complete last).
     ``output_dir`` must be missing, empty, or a set this generator wrote (it has the marker):
-    then its split folders are replaced (stale PNGs would otherwise break the metadata/image
-    pairing). Any other folder raises `ShapesFolderError` and nothing in it is touched. Splits
-    with 0 examples are not written. Output is byte-identical for the same arguments.
+    then the generator's own files in its split folders (``{split}_NNNNN.png``, ``metadata.jsonl``)
+    are replaced, stale ones removed (they would break the metadata/image pairing), and any other
+    file there is kept (a split folder is removed only when nothing else is left in it). Any other
+    folder raises `ShapesFolderError` and nothing in it is touched. Splits with 0 examples are not
+    written. Output is byte-identical for the same arguments.
     """
     _check_choices(shapes, colours)
     output_dir = Path(output_dir)
@@ -329,19 +330,22 @@ def generate_shapes_dataset(
             f"{output_dir} is not empty and holds no shapes set written by MiniVLM (no {SHAPES_MARKER}); its files "
             "are left untouched. Pass a new or empty folder (--shapes_dir), or move those files away."
         )
-    params = {"generator": "minivlm.data.shapes", "num_train": num_train, "num_validation": num_validation,
-              "num_test": num_test, "image_size": image_size, "seed": seed, "shapes": list(shapes),
-              "colours": list(colours), "two_object_prob": two_object_prob, "questions_version": QUESTIONS_VERSION}
+    linked = [split for split in SPLITS if (output_dir / split).is_symlink() or (output_dir / split).is_file()]
+    if linked:
+        raise ShapesFolderError(
+            f"{output_dir}/{linked[0]} is a link or a file, not a folder of the shapes set: writing through it would "
+            "put files elsewhere. Remove it, or pass a new or empty folder (--shapes_dir)."
+        )
+    params = shapes_parameters(num_train, num_validation, num_test, image_size, seed, shapes, colours, two_object_prob)
     output_dir.mkdir(parents=True, exist_ok=True)
     marker = output_dir / SHAPES_MARKER
     marker.write_text(json.dumps({**params, "complete": False}, indent=1) + "\n", encoding="utf-8")
     for split, n in zip(SPLITS, (num_train, num_validation, num_test)):
         split_dir = output_dir / split
-        if split_dir.exists():
-            shutil.rmtree(split_dir)  # a split folder of our own set (the marker says so)
+        _remove_generated_files(split_dir, split)  # stale images would break the metadata/image pairing
         if n <= 0:
             continue
-        split_dir.mkdir(parents=True)
+        split_dir.mkdir(parents=True, exist_ok=True)
         lines = []
         for i in range(n):
             ex = _make_example(split, i, image_size, seed, shapes, colours, two_object_prob)
@@ -355,24 +359,86 @@ def generate_shapes_dataset(
     return output_dir
 
 
-def ensure_shapes_dataset(output_dir: str | Path, **kwargs: Any) -> Path:
-    """``output_dir`` if it already holds a complete shapes set, else `generate_shapes_dataset` there.
+def shapes_parameters(
+    num_train: int = 3000,
+    num_validation: int = 200,
+    num_test: int = 200,
+    image_size: int = 64,
+    seed: int = 0,
+    shapes: Sequence[str] = DEFAULT_SHAPES,
+    colours: Sequence[str] = DEFAULT_COLOURS,
+    two_object_prob: float = 0.5,
+) -> dict[str, Any]:
+    """What the marker records of a set: every argument its content depends on (the same arguments give
+    byte-identical files), and the generator's name and `QUESTIONS_VERSION`."""
+    return {"generator": "minivlm.data.shapes", "num_train": num_train, "num_validation": num_validation,
+            "num_test": num_test, "image_size": image_size, "seed": seed, "shapes": list(shapes),
+            "colours": list(colours), "two_object_prob": two_object_prob, "questions_version": QUESTIONS_VERSION}
 
-    A set written before the marker existed (``train/metadata.jsonl`` present) is reused as it is; one of
-    ours whose questions are of another `QUESTIONS_VERSION` is written again (its images do not change).
-    Under several processes, call it from one per machine (``main_process_first(local=True)``).
+
+def _generated_file(name: str, split: str) -> bool:
+    """Whether a file name in a split folder is one the generator writes there (`{split}_00012.png`, the metadata)."""
+    return name == "metadata.jsonl" or re.fullmatch(rf"{re.escape(split)}_\d{{5,}}\.png", name) is not None
+
+
+def _remove_generated_files(split_dir: Path, split: str) -> None:
+    """Removes the generator's own files from a split folder, then the folder if nothing else is left:
+    a user's file put there (a photo, notes) stays, and `imagefolder` loading ignores it."""
+    if not split_dir.is_dir() or split_dir.is_symlink():
+        return
+    others = []
+    for path in split_dir.iterdir():
+        if path.is_file() and not path.is_symlink() and _generated_file(path.name, split):
+            path.unlink()
+        else:
+            others.append(path.name)
+    if others:
+        logger.warning("%s: kept %d file(s) the shapes generator did not write (%s).", split_dir, len(others),
+                       ", ".join(sorted(others)[:5]))
+    else:
+        split_dir.rmdir()
+
+
+def ensure_shapes_dataset(output_dir: str | Path, **kwargs: Any) -> Path:
+    """``output_dir`` if it already holds a complete shapes set made with these arguments, else
+    `generate_shapes_dataset` there (only the generator's own files are replaced).
+
+    A set of ours made with other arguments (``num_train``, ``image_size``, ``seed``, ...) or another
+    `QUESTIONS_VERSION` is written again, so that what trains is what the run records. A set written
+    before the marker existed (``train/metadata.jsonl`` present, no marker) is reused when its splits
+    hold the numbers of images asked for, else refused (`ShapesFolderError`): nothing records what else
+    it was made with. Under several processes, call it from one per machine (``main_process_first(local=True)``).
     """
     output_dir = Path(output_dir)
     legacy = not (output_dir / SHAPES_MARKER).exists() and (output_dir / "train" / "metadata.jsonl").is_file()
     if legacy:
+        _check_legacy_counts(output_dir, kwargs)
         return output_dir
     if is_shapes_folder(output_dir):
-        version = _marker_record(output_dir).get("questions_version", 1)
-        if version == QUESTIONS_VERSION:
+        record = {"questions_version": 1, **_marker_record(output_dir)}  # version 1 recorded none
+        changes = [f"{name} {record.get(name)} → {value}" for name, value in shapes_parameters(**kwargs).items()
+                   if record.get(name) != value]
+        if not changes:
             return output_dir
-        logger.warning("%s holds a shapes set with version %s of the questions; writing it again with version %s.",
-                       output_dir, version, QUESTIONS_VERSION)
+        logger.warning("%s holds a shapes set made with other arguments (%s); writing it again.", output_dir,
+                       ", ".join(changes))
+    logger.info("Generating the shapes set in %s", output_dir)
     return generate_shapes_dataset(output_dir, **kwargs)
+
+
+def _check_legacy_counts(output_dir: Path, kwargs: dict[str, Any]) -> None:
+    defaults = shapes_parameters()
+    for split in SPLITS:
+        wanted = kwargs.get(f"num_{split}", defaults[f"num_{split}"])
+        metadata = output_dir / split / "metadata.jsonl"
+        found = (sum(1 for line in metadata.read_text(encoding="utf-8").splitlines() if line.strip())
+                 if metadata.is_file() else 0)
+        if found != wanted:
+            raise ShapesFolderError(
+                f"{output_dir} holds a shapes set of an older version (no {SHAPES_MARKER}) with {found} {split} "
+                f"image(s), not the {wanted} asked for. Pass the numbers it has (--shapes_num_train / "
+                "--shapes_num_eval), or delete the folder (or pick another --shapes_dir) to generate it again."
+            )
 
 
 def caption_vocabulary(shapes: Sequence[str] = DEFAULT_SHAPES, colours: Sequence[str] = DEFAULT_COLOURS) -> list[str]:

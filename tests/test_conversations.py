@@ -91,7 +91,7 @@ def test_bad_rows_are_dropped_with_one_counted_warning(caplog):
             good]
     ds = from_chat(datasets.Dataset.from_list(rows))
     with caplog.at_level(logging.WARNING, logger="minivlm.data.conversations"):
-        clean = clean_conversations(ds)
+        clean = clean_conversations(ds, max_bad_fraction=0.6)  # 3 of 5 may go
     assert len(clean) == 2
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1
@@ -104,7 +104,7 @@ def test_llava_marker_count_must_match_the_images():
     rows = [{"id": "a", "image": None, "conversations": [{"from": "human", "value": "<image>\nhi"},
                                                          {"from": "gpt", "value": "hello"}]},
             {"id": "b", "conversations": [{"from": "human", "value": "no image here"}, {"from": "gpt", "value": "ok"}]}]
-    clean = clean_conversations(from_llava(rows))
+    clean = clean_conversations(from_llava(rows), max_bad_fraction=0.5)
     assert clean["id"] == ["b"]  # a marker without an image is dropped; a text-only row is fine
 
 
@@ -122,7 +122,7 @@ def test_mixture_with_weights_is_seeded_and_collates(processor):
     assert batch["pixel_values"].shape[0] == len(mixed)
     texts = list(training_texts(mixed))
     assert "a red circle" in texts and "how many two" in texts
-    with pytest.raises(ValueError, match="one non-negative weight per dataset"):
+    with pytest.raises(ValueError, match="one positive, finite weight per dataset"):
         mix_datasets([captions, vqa], [1.0])
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,17 +46,12 @@ CLI_EPILOG = (
     "checkpoint (run the same command to resume; schedulers can requeue on it); 1 on an error."
 )
 
-# What `--overwrite_output_dir` may remove: the files the Trainer and the project write into an
-# output folder. Anything else (the user's files) stays.
-_PROJECT_FILES = (
-    "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "config.json",
-    "generation_config.json", "training_args.bin", "trainer_state.json", "all_results.json",
-    "train_results.json", "eval_results.json", "processor_config.json", "preprocessor_config.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-    "chat_template.json", "configuration_minivlm.py", "modeling_minivlm.py", "processing_minivlm.py",
-    "pipeline_minivlm.py", "README.md", RECORD_NAME,
-)
+# Folders only the project writes into an output folder: removed whole by `--overwrite_output_dir`.
 _PROJECT_FOLDERS = ("_vision_features", "last-checkpoint")
+# Subfolders the project writes files into, by name pattern: only those files go, then the folder if empty.
+_PROJECT_SUBFOLDER_FILES = {
+    "examples": (r"(example|failure)_\d+\.png",),  # the model card's images
+}
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-\d+$")
 
 # The training arguments that change what a run computes; the rest (logging, saving, pushing,
@@ -251,10 +248,64 @@ def configuration_changes(old: dict, new: dict) -> list[str]:
             for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
 
 
+def shipped_code_files() -> list[str]:
+    """The remote-code files a saved MiniVLM folder holds, found as `save_pretrained` finds them: the module
+    of each class it copies (config, model, processor, the custom pipeline) and every module those import
+    relatively (transformers' `get_relative_import_files`). A new sibling module is covered as it ships."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration, MiniVLMImageToTextPipeline, MiniVLMProcessor
+
+    names = set()
+    for cls in (MiniVLMConfig, MiniVLMForConditionalGeneration, MiniVLMProcessor, MiniVLMImageToTextPipeline):
+        module = Path(sys.modules[cls.__module__].__file__)
+        names.add(module.name)
+        names.update(Path(path).name for path in get_relative_import_files(str(module)))
+    return sorted(names)
+
+
+def project_files() -> list[str]:
+    """Names (glob patterns) of every file a run writes at the top of its `output_dir`: the one list
+    `--overwrite_output_dir` removes by (the model card `README.md` only when it is one, `is_project_card`).
+
+    Taken from the code that writes them: transformers' names for weights (single, sharded, indexed),
+    configs, processor, tokenizer and Trainer state; peft's adapter files (a LoRA run); the remote code
+    that ships (`shipped_code_files`); this module's run record.
+    """
+    from transformers import tokenization_utils_base as tokenization
+    from transformers import trainer as hf_trainer
+    from transformers import utils as hf
+
+    from .lora import ADAPTER_FILES
+
+    weights = [hf.SAFE_WEIGHTS_NAME, hf.WEIGHTS_NAME]
+    shards = [f"{Path(name).stem}-*-of-*{Path(name).suffix}" for name in weights]  # model-00001-of-00002.safetensors
+    return [
+        *weights, *shards, hf.SAFE_WEIGHTS_INDEX_NAME, hf.WEIGHTS_INDEX_NAME, hf.CONFIG_NAME, hf.GENERATION_CONFIG_NAME,
+        hf.PROCESSOR_NAME, hf.IMAGE_PROCESSOR_NAME, hf.CHAT_TEMPLATE_FILE, hf.LEGACY_PROCESSOR_CHAT_TEMPLATE_FILE,
+        tokenization.FULL_TOKENIZER_FILE, tokenization.TOKENIZER_CONFIG_FILE, tokenization.SPECIAL_TOKENS_MAP_FILE,
+        tokenization.ADDED_TOKENS_FILE, hf_trainer.TRAINING_ARGS_NAME, hf_trainer.TRAINER_STATE_NAME,
+        *(f"{split}_results.json" for split in ("all", "train", "eval", "test")),  # Trainer.save_metrics
+        *ADAPTER_FILES, *shipped_code_files(), RECORD_NAME,
+    ]
+
+
 def remove_project_files(output_dir: str | os.PathLike) -> list[str]:
-    """Removes what the Trainer and the project wrote into `output_dir` (checkpoints, weights, configs,
-    processor, model card, caches) and returns the names of the other entries, which are kept."""
+    """Removes what the Trainer and the project wrote into `output_dir` and returns the names of the
+    other entries, which are kept.
+
+    Removed: the files of `project_files()`, the model card (`README.md` when `is_project_card` says it
+    is one), the Trainer's checkpoints, the feature cache, the card's example images in `examples/` and
+    the merged LoRA run's `adapter/` files. A user's file is never removed, whatever folder it is in
+    beside these (a folder left non-empty is kept).
+    """
+    from .lora import ADAPTER_FILES, ADAPTER_SUBFOLDER
+    from .model_card import is_project_card
+
     output_dir = Path(output_dir)
+    patterns = project_files()
+    subfolders = {"examples": lambda path: re.fullmatch(r"(example|failure)_\d+\.png", path.name) is not None,
+                  ADAPTER_SUBFOLDER: lambda path: path.name in ADAPTER_FILES or is_project_card(path)}
     kept = []
     for entry in sorted(output_dir.iterdir()):
         name = entry.name
@@ -264,14 +315,50 @@ def remove_project_files(output_dir: str | os.PathLike) -> list[str]:
             if trainer_made or name in _PROJECT_FOLDERS:
                 shutil.rmtree(entry)
                 continue
-        elif entry.is_file() and (name == LOCK_NAME or any(Path(name).match(p) for p in _PROJECT_FILES)) and (
-            name != "README.md" or "minivlm" in entry.read_text(errors="replace").lower()  # only our model card
-        ):
-            if name != LOCK_NAME:  # the lock is this run's own
-                entry.unlink()
+            if name in subfolders:
+                for path in entry.iterdir():
+                    if path.is_file() and not path.is_symlink() and subfolders[name](path):
+                        path.unlink()
+                if not any(entry.iterdir()):
+                    entry.rmdir()
+                    continue
+        elif name == LOCK_NAME:  # this run's own lock
+            continue
+        elif entry.is_file() and (is_project_card(entry) if name == "README.md"
+                                  else any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)):
+            entry.unlink()
             continue
         kept.append(name)
     return kept
+
+
+def check_model_card_target(output_dir: str | os.PathLike) -> None:
+    """Refuses a `README.md` in `output_dir` that is not a model card the project wrote: the run ends by
+    writing its model card there (and every push uploads it as the repo's card), which would replace it."""
+    from .model_card import is_project_card
+
+    readme = Path(output_dir) / "README.md"
+    if readme.is_file() and not is_project_card(readme):
+        raise FileExistsError(
+            f"{readme} is not a model card MiniVLM wrote, and the run would replace it with its model card. Move it "
+            "out of the folder (or rename it), or pick another --output_dir; nothing was changed."
+        )
+
+
+def check_stale_adapters(output_dir: str | os.PathLike, model_args) -> None:
+    """Refuses a full-model run into a folder holding LoRA adapters at its top: a full model saved beside
+    `adapter_config.json` is loaded with those adapters applied (`AutoModel`, pipelines, evaluation)."""
+    from .lora import ADAPTER_FILES
+
+    if getattr(model_args, "lora", False) and not getattr(model_args, "merge_lora", False):
+        return  # a LoRA run writes (and resumes from) these files itself
+    found = [name for name in ADAPTER_FILES if (Path(output_dir) / name).is_file()]
+    if found:
+        raise ValueError(
+            f"{output_dir} holds LoRA adapters of an earlier run ({', '.join(found)}); a full model saved beside "
+            "them would load with them applied. Pass --overwrite_output_dir true to start over (removes the files "
+            "MiniVLM wrote there, adapters included) or pick another --output_dir."
+        )
 
 
 def prepare_output_dir(model_args, data_args, training_args) -> None:
@@ -280,16 +367,22 @@ def prepare_output_dir(model_args, data_args, training_args) -> None:
     Same configuration: resume as usual. Different: with `--overwrite_output_dir` the project's
     files are removed and the run starts over; with `--resume_changed_run` it resumes, logging
     the differences; otherwise `ChangedRunError` names the differences and both choices.
+    Refused first, before anything is removed: a `README.md` that is not the project's model card
+    (`check_model_card_target`) and, without `--overwrite_output_dir`, LoRA adapters a full model
+    would be saved beside (`check_stale_adapters`).
     Writes this run's configuration to `output_dir/_minivlm_run.json`.
     """
     output_dir = Path(training_args.output_dir)
     record = output_dir / RECORD_NAME
     current = run_configuration(model_args, data_args, training_args)
+    check_model_card_target(output_dir)  # before anything is removed: a refused run changes nothing
     if getattr(training_args, "overwrite_output_dir", False) and output_dir.is_dir():
         kept = remove_project_files(output_dir)
         logger.warning("--overwrite_output_dir: removed the previous run's files from %s%s.", output_dir,
                        f" (kept files it did not write: {', '.join(kept[:10])})" if kept else "")
-    elif _existing_run(output_dir):
+    elif output_dir.is_dir():
+        check_stale_adapters(output_dir, model_args)
+    if _existing_run(output_dir):  # none left after --overwrite_output_dir
         if not record.is_file():
             logger.warning("%s holds a run with no record of its configuration (%s): it is resumed as is.",
                            output_dir, RECORD_NAME)

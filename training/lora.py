@@ -15,13 +15,15 @@ import logging
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import CONFIG_NAME as ADAPTER_CONFIG_NAME
+from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 from safetensors.torch import load_file
 from torch import nn
 
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+ADAPTER_FILES = (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME)  # what peft saves: weights first
 ADAPTER_SUBFOLDER = "adapter"
 
 

@@ -13,6 +13,7 @@ value}` is the caption task. Known task names: `captions`, `answers`, `boxes` (a
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import platform
 import re
@@ -23,6 +24,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 
+logger = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).with_name("model_card.md")  # a link to the repository's model_card.md, shipped in the wheel
 
 # Task name → (Hub task type, readable name). Aliases map other spellings onto these.
@@ -39,6 +41,24 @@ TASK_ALIASES = {
 CAPTION_METRICS = ["bleu", "meteor", "rouge", "cider"]
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _RESERVED = ("dataset", "split", "decoding", "metrics", "num_examples")
+
+
+def is_project_card(path: str | os.PathLike) -> bool:
+    """Whether the file at `path` is a model card MiniVLM wrote: `write_model_card`'s (its metadata tags
+    `minivlm`) or the blank card peft saves beside LoRA adapters. A user's own `README.md` is neither."""
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        metadata = metadata_load(path) or {}
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except Exception:  # unreadable, or front matter that is not YAML (yaml's own errors): not ours
+        return False
+    if not isinstance(metadata, dict):
+        return False
+    tags = metadata.get("tags") or []
+    if isinstance(tags, list) and "minivlm" in tags:
+        return True
+    return metadata.get("library_name") == "peft" and "# Model Card for Model ID" in text
 
 
 def _describe(config) -> str:
@@ -348,5 +368,8 @@ def write_model_card(
     )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "README.md"
+    if path.is_file() and not is_project_card(path):  # training refuses such a folder up front
+        logger.warning("%s is not a model card MiniVLM wrote: kept as it is, the model card was not written.", path)
+        return path
     card.save(path)
     return path
