@@ -49,15 +49,18 @@ DEFAULT_CHAT_TEMPLATE = (
 def to_rgb(image: Image.Image) -> Image.Image:
     """Returns an upright RGB copy of a PIL image of any mode.
 
-    Applies the EXIF orientation; transparent pixels are composited onto white; 16-bit and
-    float greyscale (`I;16`, `I`, `F`) are scaled to 8 bits from their own range.
+    Applies the EXIF orientation; transparent pixels are composited onto white. 16-bit and
+    float greyscale are mapped from their mode's nominal range, never from the image's own
+    minimum and maximum (a uniform white image stays white, a faint one stays faint): `I;16*`
+    and `I` from [0, 65535] (16-bit samples, what PNG and TIFF hold; `I` values outside are
+    clipped), `F` from [0, 1] (as float numpy arrays; values outside are clipped).
     """
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        image = Image.fromarray(((array - low) * scale).astype(np.uint8), mode="L")
+        top = 1.0 if image.mode == "F" else 65535.0
+        array = np.nan_to_num(array, nan=0.0, posinf=top, neginf=0.0)
+        image = Image.fromarray((np.clip(array, 0.0, top) * (255.0 / top)).round().astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
