@@ -170,8 +170,8 @@ class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
         super().__init__()
         self.deadline = deadline
 
-    def http_open(self, req):
-        return self.do_open(_deadline_connection(http.client.HTTPConnection, self.deadline), req)
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_deadline_connection(http_class, self.deadline), req, **kwargs)
 
 
 class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
@@ -179,9 +179,8 @@ class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
         super().__init__()
         self.deadline = deadline
 
-    def https_open(self, req):
-        return self.do_open(_deadline_connection(http.client.HTTPSConnection, self.deadline), req,
-                            context=self._context)
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_deadline_connection(http_class, self.deadline), req, **kwargs)
 
 
 def fetch_url(
