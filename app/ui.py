@@ -102,8 +102,11 @@ def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.B
                            title="Bad upload", print_exception=False)
         try:
             decoding(*settings).generate_kwargs()  # refuse bad settings before decoding the upload
+        except ValueError as error:
+            raise gr.Error(str(error), title="Bad settings", print_exception=False) from error
+        try:
             image = load_image_file(path)
-        except (ImageError, ValueError) as error:
+        except ImageError as error:
             raise gr.Error(str(error), title="Bad upload", print_exception=False) from error
         conversation = chat_model.new_conversation(image)
         del image  # the conversation keeps the processed pixels and a display copy, not the upload
