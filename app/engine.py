@@ -10,24 +10,35 @@ Gradio-free, so it is tested directly; `minivlm.app.ui` puts a page over it.
   too large, before any model work.
 - `Conversation`: one image, its encoded prefix (`minivlm.image_cache_minivlm.ImagePrefixCache`,
   so the image is encoded once however many questions follow) and a short question/answer history.
+  It keeps what the model needs (the processed `pixel_values`) and a copy for the page at most
+  `DISPLAY_MAX_SIDE` pixels a side, never the upload itself.
 - `ChatModel.stream(conversation, question)`: the answer (or, with no question, the caption)
   text as it grows, token by token (transformers' `TextIteratorStreamer` and a generation thread).
+
+Limits hold here, for every caller, not only in the page's widgets: decoding settings within
+`LIMITS` (a raw request can send anything), questions of at most `MAX_QUESTION_CHARS`, at most
+`max_sessions` live conversations (the least recently used beyond that, and any idle for
+`session_ttl_s`, are released: a later request about one says to upload the image again), and a
+generation stops at its next token when its reader goes away (the stream is closed, or a
+streamed update is left unread for `reader_timeout_s`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoModel, AutoProcessor, TextIteratorStreamer
+from transformers import AutoModel, AutoProcessor, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from minivlm.image_cache_minivlm import ImagePrefixCache
 from minivlm.processing_minivlm import to_rgb
@@ -41,6 +52,13 @@ DEFAULT_MODEL = "outputs/demo/model"  # where `make demo` (scripts/demo.py) save
 MAX_IMAGE_BYTES = 10 * 2**20
 MAX_IMAGE_PIXELS = 40_000_000
 STRATEGIES = ("greedy", "beam search", "sampling")
+# The decoding settings' bounds, (low, high) inclusive: the page's sliders show them, the engine enforces them.
+LIMITS = {"max_new_tokens": (1, 256), "num_beams": (1, 8), "temperature": (0.1, 2.0), "top_p": (0.05, 1.0)}
+MAX_QUESTION_CHARS = 1000
+DISPLAY_MAX_SIDE = 1024  # the copy of an upload a conversation keeps for the page (boxes are drawn on it)
+MAX_SESSIONS = 32
+SESSION_TTL_S = 30 * 60.0
+READER_TIMEOUT_S = 20.0
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
@@ -104,25 +122,84 @@ class Decoding:
     top_p: float = 0.9
 
     def generate_kwargs(self) -> dict:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown decoding strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
-        kwargs = {"max_new_tokens": int(self.max_new_tokens), "num_beams": 1, "do_sample": False}
+        """The `generate()` arguments; `ValueError` naming the setting when one is outside `LIMITS`.
+
+        Every value is checked, whatever sent it (the page's sliders bound what a person drags, not
+        what a request carries), before any work.
+        """
+        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown decoding strategy {short_repr(self.strategy)}; choose one of "
+                             f"{', '.join(STRATEGIES)}.")
+        kwargs = {"max_new_tokens": bounded("max_new_tokens", self.max_new_tokens, integer=True),
+                  "num_beams": 1, "do_sample": False}
         if self.strategy == "beam search":
-            kwargs["num_beams"] = int(self.num_beams)
+            kwargs["num_beams"] = bounded("num_beams", self.num_beams, integer=True)
         elif self.strategy == "sampling":
-            kwargs.update(do_sample=True, temperature=float(self.temperature), top_p=float(self.top_p))
+            kwargs.update(do_sample=True, temperature=bounded("temperature", self.temperature),
+                          top_p=bounded("top_p", self.top_p))
         return kwargs
 
 
-@dataclass
-class Conversation:
-    """One image and the questions asked about it (oldest first), with its encoded prefix."""
+def short_repr(value, limit: int = 40) -> str:
+    """`repr(value)` cut to `limit` characters, for error messages about raw request values."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
-    image: Image.Image
+
+def bounded(name: str, value, integer: bool = False) -> int | float:
+    """`value` as a number within `LIMITS[name]`, or `ValueError` saying the bounds."""
+    low, high = LIMITS[name]
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high or (
+            integer and number != int(number)):
+        kind = "a whole number" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} from {low} to {high}, got {short_repr(value)}.")
+    return int(number) if integer else number
+
+
+@dataclass(eq=False)
+class Conversation:
+    """One image and the questions asked about it (oldest first), with its encoded prefix.
+
+    `image` is the copy shown on the page (at most `DISPLAY_MAX_SIDE` pixels a side); the model
+    sees `pixel_values`, processed once from the full upload, which is not kept. `release()`
+    frees both and the prefix (an expired session); the conversation then refuses new requests.
+    """
+
+    image: Image.Image | None
     turns: list[tuple[str, str]] = field(default_factory=list)  # (question, answer)
     caption: str = ""
     prefix_cache: ImagePrefixCache | None = None
     pixel_values: torch.Tensor | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    released: str = ""  # why it was released ("" while alive)
+
+    def release(self, reason: str = "it was closed") -> None:
+        """Frees the image, its pixels and its encoded prefix; later requests are refused with `reason`."""
+        self.released = reason
+        self.image = None
+        self.pixel_values = None
+        if self.prefix_cache is not None:
+            self.prefix_cache.reset()
+        self.prefix_cache = None
+
+
+class _StopWhen(StoppingCriteria):
+    """Stops generation at the next token once `event` is set, or once a streamed update has waited
+    unread for longer than `reader["timeout"]` seconds (the stream was abandoned)."""
+
+    def __init__(self, event: threading.Event, reader: dict):
+        self.event = event
+        self.reader = reader
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        waiting = self.reader.get("waiting_since")
+        if waiting is not None and time.monotonic() - waiting > self.reader["timeout"]:
+            self.event.set()
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -151,7 +228,18 @@ class ChatModel:
     """
 
     def __init__(self, model, processor, *, chat: bool | None = None, caption_prompt: str = "",
-                 max_turns: int = 3, max_new_tokens: int = 32, name: str = "MiniVLM"):
+                 max_turns: int = 3, max_new_tokens: int = 32, name: str = "MiniVLM",
+                 max_sessions: int = MAX_SESSIONS, session_ttl_s: float = SESSION_TTL_S,
+                 reader_timeout_s: float = READER_TIMEOUT_S):
+        max_new_tokens = bounded("max_new_tokens", max_new_tokens, integer=True)
+        if max_turns < 1 or max_sessions < 1 or not session_ttl_s > 0 or not reader_timeout_s > 0:
+            raise ValueError("max_turns and max_sessions must be at least 1, session_ttl_s and reader_timeout_s "
+                             "positive.")
+        self.max_sessions = max_sessions
+        self.session_ttl_s = session_ttl_s
+        self.reader_timeout_s = reader_timeout_s
+        self._sessions: weakref.WeakSet[Conversation] = weakref.WeakSet()
+        self._sessions_lock = threading.Lock()
         self.model = model.eval()
         self.processor = processor
         if chat is None:  # a MiniVLM trained on questions says so in its config; other models by their template
@@ -207,8 +295,41 @@ class ChatModel:
         )
 
     def new_conversation(self, image: Image.Image) -> Conversation:
-        """A conversation about `image`: nothing encoded yet (the first caption or question does it)."""
-        return Conversation(image=image, prefix_cache=ImagePrefixCache(self.model))
+        """A conversation about `image`: its pixels processed for the model, a display copy, no prefix yet.
+
+        The full-resolution `image` is not kept (drop your reference too). Registers the conversation
+        and releases idle or surplus ones (see `expire_sessions`).
+        """
+        pixel_values = self.processor(images=image)["pixel_values"]
+        display = image.copy() if max(image.size) <= DISPLAY_MAX_SIDE else _downscaled(image, DISPLAY_MAX_SIDE)
+        conversation = Conversation(image=display, prefix_cache=ImagePrefixCache(self.model), pixel_values=pixel_values)
+        with self._sessions_lock:
+            self._sessions.add(conversation)
+        self.expire_sessions(keep=conversation)
+        return conversation
+
+    @property
+    def live_sessions(self) -> int:
+        """Conversations held and not released."""
+        with self._sessions_lock:
+            return sum(not conversation.released for conversation in self._sessions)
+
+    def expire_sessions(self, keep: Conversation | None = None) -> int:
+        """Releases conversations idle for over `session_ttl_s`, then the least recently used beyond
+        `max_sessions` (never `keep`); returns how many it released."""
+        now = time.monotonic()
+        released = 0
+        with self._sessions_lock:
+            live = sorted((c for c in self._sessions if not c.released), key=lambda c: c.last_used)
+        for conversation in live:
+            if conversation is not keep and now - conversation.last_used > self.session_ttl_s:
+                conversation.release(f"it was idle for over {self.session_ttl_s / 60:g} minutes")
+                released += 1
+        live = [c for c in live if not c.released]
+        for conversation in [c for c in live if c is not keep][: max(0, len(live) - self.max_sessions)]:
+            conversation.release(f"the server keeps at most {self.max_sessions} conversations")
+            released += 1
+        return released
 
     # -- generation ---------------------------------------------------------------------
     def stream(self, conversation: Conversation, question: str | None = None,
@@ -217,6 +338,11 @@ class ChatModel:
 
         The reply is recorded in the conversation (`caption`, or a new turn). Beam search cannot
         stream (transformers' streamers follow one sequence): it yields the final text only.
+
+        Closing the returned generator (a client that disconnects), or leaving a streamed update
+        unread for `reader_timeout_s`, stops the generation at its next token; nothing is recorded.
+        Raises `ValueError` before any work for settings outside `LIMITS`, a question that is not
+        text, empty or over `MAX_QUESTION_CHARS`, or a released conversation.
         """
         if question is not None:
             if not self.chat:
@@ -224,16 +350,26 @@ class ChatModel:
                     "this model only captions (its chat template has no answer prompt); load an "
                     "instruction-tuned MiniVLM to ask questions."
                 )
+            if not isinstance(question, str):
+                raise ValueError(f"the question must be text, got {type(question).__name__}.")
+            if len(question) > MAX_QUESTION_CHARS:
+                raise ValueError(f"the question is {len(question):,} characters, over the {MAX_QUESTION_CHARS:,} "
+                                 "limit; ask a shorter question.")
             question = " ".join(question.split())
             if not question:
                 raise ValueError("the question is empty; type a question about the image.")
         decoding = decoding or Decoding(max_new_tokens=self.max_new_tokens)
+        if not isinstance(decoding, Decoding):
+            raise ValueError(f"decoding must be a Decoding, got {type(decoding).__name__}.")
         kwargs = decoding.generate_kwargs()
+        if conversation.released:
+            raise ValueError(f"this conversation has ended ({conversation.released}); upload the image again.")
+        conversation.last_used = time.monotonic()
+        self.expire_sessions(keep=conversation)
         text = self.prompt(conversation, question)
-        inputs = self.processor(images=conversation.image, text=text)
-        input_ids = inputs["input_ids"]
-        if conversation.pixel_values is None:
-            conversation.pixel_values = inputs["pixel_values"]
+        # The display copy stands in for the image to build the prompt's tokens; the model gets the
+        # pixels processed from the full upload.
+        input_ids = self.processor(images=conversation.image, text=text)["input_ids"]
         if self.max_positions is not None and input_ids.shape[1] + kwargs["max_new_tokens"] > self.max_positions:
             if question is not None and conversation.turns:
                 conversation.turns = conversation.turns[1:]  # forget the oldest question and try again
@@ -254,13 +390,17 @@ class ChatModel:
         if kwargs["num_beams"] == 1:
             streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                             timeout=600)
+        stop = threading.Event()
+        reader = {"waiting_since": None, "timeout": self.reader_timeout_s}
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhen(stop, reader)])
+        pixel_values = conversation.pixel_values
 
         def run() -> None:
             try:
                 with torch.inference_mode():
                     outputs["ids"] = cache.generate(
                         input_ids=input_ids.to(self.model.device),
-                        pixel_values=conversation.pixel_values.to(self.model.device),
+                        pixel_values=pixel_values.to(self.model.device),
                         streamer=streamer,
                         **kwargs,
                     )
@@ -269,15 +409,25 @@ class ChatModel:
                 if streamer is not None:
                     streamer.end()
 
-        thread = threading.Thread(target=run, daemon=True)
+        thread = threading.Thread(target=run, daemon=True, name="minivlm-generate")
         thread.start()
-        if streamer is not None:
-            partial = ""
-            for piece in streamer:
-                partial += piece
-                if partial.strip():
-                    yield partial.strip()
-        thread.join()
+        try:
+            if streamer is not None:
+                partial = ""
+                for piece in streamer:
+                    partial += piece
+                    if partial.strip():
+                        reader["waiting_since"] = time.monotonic()
+                        yield partial.strip()
+                        reader["waiting_since"] = None
+            thread.join()
+        finally:
+            if thread.is_alive():  # the reader went away mid-stream (GeneratorExit): stop at the next token
+                stop.set()
+                thread.join(timeout=30)
+        if stop.is_set():
+            raise RuntimeError(f"the generation was stopped: a streamed update waited over {self.reader_timeout_s:g} s "
+                               "unread.")
         if "error" in outputs:
             raise outputs["error"]
         new_ids = outputs["ids"][:, input_ids.shape[1]:]
@@ -296,6 +446,13 @@ class ChatModel:
         logger.info("%s in %.2fs (%d tokens, image %s)", "caption" if question is None else "answer",
                     reply.seconds, reply.new_tokens, "encoded" if reply.image_encoded else "reused")
         yield reply
+
+
+def _downscaled(image: Image.Image, max_side: int) -> Image.Image:
+    """A copy of `image` whose longer side is `max_side` pixels (aspect kept)."""
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def _short_name(model: str) -> str:
@@ -321,6 +478,7 @@ def template_has_generation_prompt(processor) -> bool:
 
 
 __all__ = [
-    "DEFAULT_MODEL", "STRATEGIES", "ChatModel", "Conversation", "Decoding", "ImageError", "Reply",
+    "DEFAULT_MODEL", "DISPLAY_MAX_SIDE", "LIMITS", "MAX_IMAGE_BYTES", "MAX_QUESTION_CHARS", "MAX_SESSIONS",
+    "SESSION_TTL_S", "STRATEGIES", "bounded", "ChatModel", "Conversation", "Decoding", "ImageError", "Reply",
     "load_image_file", "template_has_generation_prompt",
 ]

@@ -17,7 +17,10 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from .engine import DEFAULT_MODEL, STRATEGIES, ChatModel, Conversation, Decoding, ImageError, Reply, load_image_file
+from .engine import (
+    DEFAULT_MODEL, LIMITS, MAX_IMAGE_BYTES, MAX_SESSIONS, SESSION_TTL_S, STRATEGIES, ChatModel, Conversation, Decoding,
+    ImageError, Reply, load_image_file,
+)
 from .boxes import draw_boxes
 
 
@@ -77,7 +80,15 @@ def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.B
     """The page: returns a `gr.Blocks` to `launch()`; `examples` are image paths shown under the image."""
 
     def decoding(strategy, max_new_tokens, num_beams, temperature, top_p) -> Decoding:
-        return Decoding(strategy, int(max_new_tokens), int(num_beams), float(temperature), float(top_p))
+        # Raw values: the engine checks them against LIMITS (a request need not come from the sliders).
+        return Decoding(strategy, max_new_tokens, num_beams, temperature, top_p)
+
+    def streamed(conversation, question, settings):
+        """The engine's stream, its refusals (bounds, an expired conversation) shown as the page's errors."""
+        try:
+            yield from chat_model.stream(conversation, question, decoding(*settings))
+        except ValueError as error:
+            raise gr.Error(str(error), print_exception=False) from error
 
     def on_image(payload, *settings):
         # preprocess=False: the raw upload reaches this function, so a file that is not an image
@@ -90,12 +101,17 @@ def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.B
             raise gr.Error("The upload did not arrive as a file; upload or paste the image again.",
                            title="Bad upload", print_exception=False)
         try:
+            decoding(*settings).generate_kwargs()  # refuse bad settings before decoding the upload
+        except ValueError as error:
+            raise gr.Error(str(error), title="Bad settings", print_exception=False) from error
+        try:
             image = load_image_file(path)
         except ImageError as error:
             raise gr.Error(str(error), title="Bad upload", print_exception=False) from error
         conversation = chat_model.new_conversation(image)
+        del image  # the conversation keeps the processed pixels and a display copy, not the upload
         yield "", conversation, [], gr.Image(value=None, visible=False), "Captioning…"
-        for update in chat_model.stream(conversation, None, decoding(*settings)):
+        for update in streamed(conversation, None, settings):
             if isinstance(update, Reply):
                 yield update.text, conversation, [], _boxes_view(conversation, update), _status("Caption", update)
             else:
@@ -104,7 +120,7 @@ def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.B
     def on_recaption(conversation, *settings):
         if conversation is None:
             raise gr.Error("Upload or paste an image first.", title="No image", print_exception=False)
-        for update in chat_model.stream(conversation, None, decoding(*settings)):
+        for update in streamed(conversation, None, settings):
             if isinstance(update, Reply):
                 yield update.text, _boxes_view(conversation, update), _status("Caption", update)
             else:
@@ -115,14 +131,11 @@ def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.B
             raise gr.Error("Upload or paste an image first, then ask about it.", title="No image", print_exception=False)
         if not question or not question.strip():
             raise gr.Error("Type a question about the image.", title="Empty question", print_exception=False)
-        try:
-            for update in chat_model.stream(conversation, question, decoding(*settings)):
-                if isinstance(update, Reply):
-                    yield _chat_messages(conversation), "", _boxes_view(conversation, update), _status("Answer", update)
-                else:
-                    yield _chat_messages(conversation, (question, update)), "", gr.Image(), "Answering…"
-        except ValueError as error:
-            raise gr.Error(str(error), print_exception=False) from error
+        for update in streamed(conversation, question, settings):
+            if isinstance(update, Reply):
+                yield _chat_messages(conversation), "", _boxes_view(conversation, update), _status("Answer", update)
+            else:
+                yield _chat_messages(conversation, (question, update)), "", gr.Image(), "Answering…"
 
     def on_clear(conversation):
         if conversation is not None:
@@ -131,14 +144,17 @@ def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.B
 
     mode = ("captions and answers questions" if chat_model.chat
             else "captions images (its chat template has no answer prompt: questions are off)")
-    with gr.Blocks(title=f"MiniVLM: {chat_model.name}") as demo:
+    # Uploads left in Gradio's temporary folder are deleted once an hour after an hour (and at restart).
+    with gr.Blocks(title=f"MiniVLM: {chat_model.name}", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             f"# MiniVLM: {chat_model.name}\n"
             f"A small vision-language model that {mode}. Upload, drop or paste an image; the caption is "
             "written as it is generated. The image is encoded once per conversation: further questions "
             "reuse it."
         )
-        conversation = gr.State(None)
+        # A session's conversation is dropped (and its memory released) an idle TTL after its last update.
+        conversation = gr.State(None, time_to_live=chat_model.session_ttl_s,
+                                delete_callback=lambda held: held.release("the session ended") if held else None)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", height=320,
@@ -161,12 +177,12 @@ def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.B
         with gr.Accordion("Decoding settings", open=False):
             with gr.Row():
                 strategy = gr.Radio(list(STRATEGIES), value="greedy", label="Decoding")
-                max_new_tokens = gr.Slider(1, 256, value=chat_model.max_new_tokens, step=1,
+                max_new_tokens = gr.Slider(*LIMITS["max_new_tokens"], value=chat_model.max_new_tokens, step=1,
                                            label="Max new tokens")
             with gr.Row():
-                num_beams = gr.Slider(2, 8, value=3, step=1, label="Beams (beam search)")
-                temperature = gr.Slider(0.1, 2.0, value=0.7, step=0.05, label="Temperature (sampling)")
-                top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p (sampling)")
+                num_beams = gr.Slider(2, LIMITS["num_beams"][1], value=3, step=1, label="Beams (beam search)")
+                temperature = gr.Slider(*LIMITS["temperature"], value=0.7, step=0.05, label="Temperature (sampling)")
+                top_p = gr.Slider(*LIMITS["top_p"], value=0.9, step=0.05, label="Top-p (sampling)")
         if examples:
             gr.Examples(examples=[[path] for path in examples], inputs=[image], label="Examples: the shapes set")
 
@@ -192,6 +208,10 @@ class AppArguments:
     caption_prompt: str = field(default="", metadata={"help": "Text after the image that asks for a caption."})
     max_new_tokens: int = field(default=32, metadata={"help": "Default of the page's max new tokens."})
     max_turns: int = field(default=3, metadata={"help": "Questions and answers kept in the prompt."})
+    max_sessions: int = field(default=MAX_SESSIONS, metadata={"help": "Conversations held at once; the least "
+                                                                       "recently used beyond that are released."})
+    session_ttl_min: float = field(default=SESSION_TTL_S / 60, metadata={"help": "Minutes an idle conversation "
+                                                                                  "is kept."})
     examples: int = field(default=6, metadata={"help": "Shapes-set images offered as examples (0: none)."})
     host: str | None = field(default=None, metadata={"help": "Address to serve on (default: Gradio's, "
                                                               "GRADIO_SERVER_NAME or 127.0.0.1)."})
@@ -204,7 +224,8 @@ def create_app(args: AppArguments) -> tuple[gr.Blocks, ChatModel, Path | None]:
     """Loads the model and builds the page; returns it with the model and the examples' folder."""
     chat = {"auto": None, "caption": False, "chat": True}[args.mode]
     chat_model = ChatModel.load(args.model, device=args.device, chat=chat, caption_prompt=args.caption_prompt,
-                                max_turns=args.max_turns, max_new_tokens=args.max_new_tokens)
+                                max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
+                                max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_min * 60)
     examples_dir = None
     examples = []
     if args.examples > 0:
@@ -214,9 +235,11 @@ def create_app(args: AppArguments) -> tuple[gr.Blocks, ChatModel, Path | None]:
 
 
 def launch(demo: gr.Blocks, examples_dir: Path | None = None, **kwargs):
-    """`demo.launch(**kwargs)` with the page's style and its examples' folder allowed."""
+    """`demo.launch(**kwargs)` with the page's style, its examples' folder allowed, and uploads over
+    `MAX_IMAGE_BYTES` refused by the server before they reach its temporary folder."""
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # system fonts: no font download
+    kwargs.setdefault("max_file_size", MAX_IMAGE_BYTES)
     return demo.launch(css=CSS, theme=theme, allowed_paths=[str(examples_dir)] if examples_dir else None, **kwargs)
 
 

@@ -9,7 +9,7 @@ forward pass then only sees the uncached suffix of the prompt, which holds no im
 `pixel_values` are passed and the encoder does not run.
 
     prefix = encode_image_prefix(model, **processor(images=image, text=first_prompt))
-    ids = generate_with_prefix(model, prefix, processor(images=image, text=second_prompt)["input_ids"])
+    ids = generate_with_prefix(model, prefix, **processor(images=image, text=second_prompt))
 
 or, keeping the prefix of the current image between calls:
 
@@ -19,10 +19,17 @@ or, keeping the prefix of the current image between calls:
 
 Greedy, beam-search and sampled answers equal those of a plain `model.generate(**inputs)`.
 One image and one sequence at a time (a conversation). Imports torch and transformers only.
+
+A prefix knows what it holds: the model that encoded it and the image (`pixel_values`). Image
+tokens are the same ids for every image, so a prompt's ids cannot tell which image it was built
+for: `generate_with_prefix` takes the prompt's `pixel_values` too and refuses another image,
+another model, or a prompt with a further image after the cached one (whose pixels the cache
+does not hold). `ImagePrefixCache` re-encodes instead.
 """
 
 import copy
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 from transformers import Cache
@@ -38,12 +45,20 @@ class ImagePrefix:
         pixel_values: `(1, 3, H, W)` the encoded image, to recognise it and for prompts that end
             with the image (nothing left to feed past the cache: those run uncached).
         image_hidden_states: `(1, image_seq_length, text_hidden_size)` the projected image features.
+        model_ref: a weak reference to the model that encoded it (`model` returns it); `generate_with_prefix`
+            refuses any other model.
     """
 
     input_ids: torch.LongTensor
     cache: Cache
     pixel_values: torch.Tensor
     image_hidden_states: torch.Tensor | None = None
+    model_ref: "weakref.ReferenceType | None" = field(default=None, repr=False)
+
+    @property
+    def model(self):
+        """The model that encoded this prefix (None if unknown or gone)."""
+        return self.model_ref() if self.model_ref is not None else None
 
     @property
     def length(self) -> int:
@@ -119,6 +134,7 @@ def encode_image_prefix(
         cache=outputs.cache if getattr(outputs, "cache", None) is not None else outputs.past_key_values,
         pixel_values=pixel_values.to(model.device),
         image_hidden_states=getattr(outputs, "image_hidden_states", None),
+        model_ref=weakref.ref(model),
     )
 
 
@@ -130,34 +146,72 @@ def _expansion(model, generate_kwargs: dict) -> int:
     return max(num_beams, num_return)
 
 
+def check_prefix(model, prefix: ImagePrefix, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None) -> None:
+    """Raises `ValueError`, saying what to do, unless `prefix` can serve this prompt of this image with `model`.
+
+    The prompt must be one sequence `(1, seq)` that starts with the prefix's tokens, hold no image
+    token after it, and come with the `pixel_values` of the image it was built for, equal to the
+    prefix's; the prefix must have been encoded by `model`.
+    """
+    _check_single(input_ids)
+    if prefix.model is not model:
+        raise ValueError(
+            "this prefix was encoded by another model (its KV cache and image features belong to that model's "
+            "weights); encode the image again with this model: model.encode_image_prefix(**processor(...))."
+        )
+    if pixel_values is None:
+        raise ValueError(
+            "pass the prompt's pixel_values (generate_with_prefix(model, prefix, **processor(images=image, "
+            "text=prompt))): image tokens are the same ids for every image, so only the pixels tell whether the "
+            "cached image is the one this prompt is about."
+        )
+    if not prefix.matches(input_ids):
+        raise ValueError(
+            "the prompt does not start with the encoded image's prefix (another text before the image, or another "
+            "image count); encode this prompt's image with encode_image_prefix first."
+        )
+    image_token = model.config.image_token_index
+    if bool((input_ids[0, prefix.length :].to(prefix.input_ids.device) == image_token).any()):
+        raise ValueError(
+            "the prompt holds another image after the cached one, whose pixels the prefix does not hold; encode "
+            "the prompt up to its last image with encode_image_prefix, or call model.generate with every image."
+        )
+    if not prefix.matches(input_ids, pixel_values):
+        raise ValueError(
+            "the prompt's pixel_values are not the image the prefix encoded (another image); encode this prompt's "
+            "image with encode_image_prefix first, or use ImagePrefixCache, which does it when the image changes."
+        )
+
+
 def generate_with_prefix(
     model,
     prefix: ImagePrefix,
     input_ids: torch.LongTensor,
     attention_mask: torch.Tensor | None = None,
+    pixel_values: torch.Tensor | None = None,
     **generate_kwargs,
 ) -> torch.LongTensor:
     """`model.generate` for a prompt that starts with `prefix`, without re-encoding the image.
 
     Args:
-        model: the model that made `prefix`.
+        model: the model that made `prefix` (another one is refused).
         prefix: from [`encode_image_prefix`] on the same image.
         input_ids: `(1, seq)` the full prompt (prefix included), e.g. the whole conversation so far.
         attention_mask: `(1, seq)`, all ones (default).
+        pixel_values: the prompt's image from the same processor call (required): checked equal to
+            the prefix's image, then not run again (the image is in the cache).
         generate_kwargs: any `generate()` option (`max_new_tokens`, `num_beams`, `do_sample`,
-            `streamer`, ...). `pixel_values` is dropped: the image is in the cache.
+            `num_return_sequences`, `streamer`, ...).
 
     Returns:
         What `model.generate` returns: `(rows, seq + new)` ids, the prompt first (or a
         `GenerateOutput` with `return_dict_in_generate=True`).
+
+    Raises:
+        ValueError: see [`check_prefix`] (another image, another model, missing pixels, a
+            different text before the image, a further image after it).
     """
-    _check_single(input_ids)
-    pixel_values = generate_kwargs.pop("pixel_values", None)
-    if not prefix.matches(input_ids, pixel_values):
-        raise ValueError(
-            "the prompt does not start with the encoded image's prefix (another image, or another text before "
-            "it); encode this prompt's image with encode_image_prefix first."
-        )
+    check_prefix(model, prefix, input_ids, pixel_values)
     for name in ("cache", "past_key_values", "vision_features"):
         if name in generate_kwargs:
             raise ValueError(f"{name} is set by generate_with_prefix; do not pass it.")
@@ -219,12 +273,14 @@ class ImagePrefixCache:
             return self.model.generate(input_ids=input_ids.to(self.model.device),
                                        attention_mask=mask.to(self.model.device),
                                        pixel_values=pixel_values.to(self.model.device), **generate_kwargs)
-        if self.prefix is None or not self.prefix.matches(input_ids, pixel_values):
+        if (self.prefix is None or self.prefix.model is not self.model
+                or not self.prefix.matches(input_ids, pixel_values)):
             self.prefix = encode_image_prefix(self.model, input_ids, pixel_values, attention_mask)
             self.encodes += 1
         else:
             self.reuses += 1
-        return generate_with_prefix(self.model, self.prefix, input_ids, attention_mask, **generate_kwargs)
+        return generate_with_prefix(self.model, self.prefix, input_ids, attention_mask, pixel_values,
+                                    **generate_kwargs)
 
 
-__all__ = ["ImagePrefix", "ImagePrefixCache", "encode_image_prefix", "generate_with_prefix"]
+__all__ = ["ImagePrefix", "ImagePrefixCache", "check_prefix", "encode_image_prefix", "generate_with_prefix"]

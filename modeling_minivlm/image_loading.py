@@ -4,24 +4,26 @@
 an http(s) URL, a `data:image/...;base64,` URI) and passes numpy arrays and torch tensors through,
 with limits that a hostile or careless input cannot get past:
 
-- URLs: a default timeout (`DEFAULT_TIMEOUT` seconds, for the whole download), a size cap
-  (`MAX_DOWNLOAD_BYTES`), http(s) only, and no redirect to a loopback, private, link-local or
+- URLs: a default timeout (`DEFAULT_TIMEOUT` seconds for the whole fetch: connection, redirects,
+  headers and body), a size cap (`MAX_DOWNLOAD_BYTES`), http(s) only, and no redirect to a loopback, private, link-local or
   otherwise internal address unless allowed (`allow_private_redirects=True` or the environment
   variable `MINIVLM_ALLOW_PRIVATE_REDIRECTS=1`). The URL the caller gives is fetched as given.
 - Pixels: at most `MAX_IMAGE_PIXELS`, checked from the header before anything is decoded.
 - Errors are `ImageLoadError` (a ValueError) with the input cut to a bounded length.
 
 Limits can be changed per call or with `MINIVLM_MAX_IMAGE_BYTES` / `MINIVLM_MAX_IMAGE_PIXELS`.
-Imports the standard library, PIL, numpy and torch only.
+Imports the standard library and PIL only.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import ipaddress
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -99,42 +101,136 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _Deadline:
+    """The whole fetch's clock: every socket the fetch opens is shut down when `seconds` have passed.
+
+    A per-read socket timeout alone lets a server that trickles a header line (or a body byte)
+    every few seconds hold the caller forever; shutting the sockets down unblocks any read, in
+    the connection, the headers or the body.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def remaining(self) -> float:
+        return max(0.001, self.end - time.monotonic())
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            self._shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+
+def _deadline_connection(base: type, deadline: _Deadline):
+    """An `http.client` connection class whose sockets the deadline can shut down, connecting within what is left."""
+
+    class Connection(base):
+        def __init__(self, *args, **kwargs):
+            kwargs["timeout"] = deadline.remaining()
+            super().__init__(*args, **kwargs)
+
+        def connect(self):
+            super().connect()
+            deadline.watch(self.sock)
+
+    return Connection
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_deadline_connection(http_class, self.deadline), req, **kwargs)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_deadline_connection(http_class, self.deadline), req, **kwargs)
+
+
 def fetch_url(
     url: str,
     timeout: float | None = DEFAULT_TIMEOUT,
     max_bytes: int | None = None,
     allow_private_redirects: bool | None = None,
 ) -> bytes:
-    """The body of an http(s) URL, at most `max_bytes`, within `timeout` seconds in all."""
+    """The body of an http(s) URL, at most `max_bytes`, within `timeout` seconds in all.
+
+    The deadline covers the whole fetch: connecting, every redirect, the headers and the body
+    (a server that sends a line every few seconds is cut off when the time is up, not when it
+    goes quiet). Name resolution runs before the clock can stop it.
+    """
     max_bytes = max_bytes or _env_number("MINIVLM_MAX_IMAGE_BYTES", MAX_DOWNLOAD_BYTES)
     timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     if allow_private_redirects is None:
         allow_private_redirects = os.environ.get(ALLOW_PRIVATE_ENV, "") in ("1", "true", "True", "yes")
-    opener = urllib.request.build_opener(_CheckedRedirects(allow_private_redirects))
-    deadline = time.monotonic() + timeout
-    try:
-        with opener.open(urllib.request.Request(url, headers={"User-Agent": "minivlm"}), timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > max_bytes:
-                raise ImageLoadError(f"{short(url)} is {int(length):,} bytes, over the {max_bytes:,}-byte limit "
-                                     "(raise it with max_bytes= or MINIVLM_MAX_IMAGE_BYTES).")
-            chunks, size = [], 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise ImageLoadError(f"{short(url)} took more than {timeout} s; pass a larger timeout= if "
-                                         "the server is slow.")
-                chunk = response.read1(65536)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ImageLoadError(f"{short(url)} sent more than {max_bytes:,} bytes, the limit (raise it "
-                                         "with max_bytes= or MINIVLM_MAX_IMAGE_BYTES).")
-                chunks.append(chunk)
-    except ImageLoadError:
-        raise
-    except (urllib.error.URLError, OSError, ValueError) as error:  # HTTP errors, timeouts, refused connections
-        raise ImageLoadError(f"could not download {short(url)}: {short(str(error), 200)}") from None
+    too_slow = f"{short(url)} took more than {timeout} s; pass a larger timeout= if the server is slow."
+    with _Deadline(timeout) as deadline:
+        opener = urllib.request.build_opener(
+            _CheckedRedirects(allow_private_redirects), _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline)
+        )
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": "minivlm"})
+            with opener.open(request, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                if length and length.isdigit() and int(length) > max_bytes:
+                    raise ImageLoadError(f"{short(url)} is {int(length):,} bytes, over the {max_bytes:,}-byte limit "
+                                         "(raise it with max_bytes= or MINIVLM_MAX_IMAGE_BYTES).")
+                chunks, size = [], 0
+                while True:
+                    if deadline.expired or time.monotonic() > deadline.end:
+                        raise ImageLoadError(too_slow)
+                    chunk = response.read1(65536)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ImageLoadError(f"{short(url)} sent more than {max_bytes:,} bytes, the limit (raise it "
+                                             "with max_bytes= or MINIVLM_MAX_IMAGE_BYTES).")
+                    chunks.append(chunk)
+                if deadline.expired:  # the shutdown ended the body early: it is cut short, not complete
+                    raise ImageLoadError(too_slow)
+        except ImageLoadError:
+            raise
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
+            if deadline.expired:
+                raise ImageLoadError(too_slow) from None
+            raise ImageLoadError(f"could not download {short(url)}: {short(str(error), 200)}") from None
     return b"".join(chunks)
 
 

@@ -501,11 +501,15 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
 
     def generate_with_prefix(
         self, prefix: ImagePrefix, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-        **generate_kwargs,
+        pixel_values: torch.FloatTensor | None = None, **generate_kwargs,
     ) -> torch.LongTensor:
         """`generate()` for a prompt `(1, seq)` that starts with `prefix`: the encoder and the prefill
-        over the image do not run again. Tokens equal those of `generate(**processor(...))`."""
-        return generate_with_prefix(self, prefix, input_ids, attention_mask, **generate_kwargs)
+        over the image do not run again. Tokens equal those of `generate(**processor(...))`.
+
+        Pass the processor's output whole (`model.generate_with_prefix(prefix, **processor(images=image,
+        text=prompt))`): the prompt's `pixel_values` are checked to be the prefix's image, and a prefix
+        of another model or another image is refused."""
+        return generate_with_prefix(self, prefix, input_ids, attention_mask, pixel_values, **generate_kwargs)
 
 
 __all__ = [

@@ -3,6 +3,8 @@
 Ships to the Hub verbatim as remote code: it imports transformers, PIL and numpy only.
 """
 
+import re
+
 import numpy as np
 from PIL import Image, ImageOps
 from transformers import BatchFeature, ProcessorMixin
@@ -49,15 +51,18 @@ DEFAULT_CHAT_TEMPLATE = (
 def to_rgb(image: Image.Image) -> Image.Image:
     """Returns an upright RGB copy of a PIL image of any mode.
 
-    Applies the EXIF orientation; transparent pixels are composited onto white; 16-bit and
-    float greyscale (`I;16`, `I`, `F`) are scaled to 8 bits from their own range.
+    Applies the EXIF orientation; transparent pixels are composited onto white. 16-bit and
+    float greyscale are mapped from their mode's nominal range, never from the image's own
+    minimum and maximum (a uniform white image stays white, a faint one stays faint): `I;16*`
+    and `I` from [0, 65535] (16-bit samples, what PNG and TIFF hold; `I` values outside are
+    clipped), `F` from [0, 1] (as float numpy arrays; values outside are clipped).
     """
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        image = Image.fromarray(((array - low) * scale).astype(np.uint8), mode="L")
+        top = 1.0 if image.mode == "F" else 65535.0
+        array = np.nan_to_num(array, nan=0.0, posinf=top, neginf=0.0)
+        image = Image.fromarray((np.clip(array, 0.0, top) * (255.0 / top)).round().astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -76,6 +81,14 @@ class MiniVLMProcessorKwargs(ProcessingKwargs, total=False):
     }
 
 
+# Private-use characters around a special-token string that came from a message's text (a caption,
+# a question, an answer): it is encoded as plain text, never as the token. The template's own
+# `<image>` and EOS carry no marks, so they stay tokens. The same characters transformers'
+# `sanitize_control_tokens` uses; a message's own copies of them are dropped, so they cannot be forged.
+LITERAL_START, LITERAL_END = "\U000f0000", "\U000f0001"
+_HIDDEN_IMAGE = "\U000f0002"  # stands in for a marked `<image>` while placeholders are counted and expanded
+
+
 def _is_image(item) -> bool:
     return isinstance(item, (Image.Image, np.ndarray, str)) or hasattr(item, "__fspath__") or _is_tensor(item)
 
@@ -92,6 +105,13 @@ class MiniVLMProcessor(ProcessorMixin):
     several, anywhere. `pixel_values` `(num_images, 3, H, W)` holds every image of the batch in
     placeholder order. Batches are padded on the tokenizer's side (left for generation).
     `batch_decode` / `post_process_image_text_to_text` turn generated ids into text.
+
+    Message text is never a special token: `apply_chat_template` marks every special-token string
+    (`<eos>`, `<pad>`, `<bos>`, `<image>`, ...) inside the messages' text, and the processor encodes
+    a marked one as plain text, so a caption or question holding `<eos>` cannot end a turn and one
+    holding `<image>` is not an image. The `<image>` an image part renders to, and the EOS that
+    closes an assistant turn, are written by the template and stay tokens. A `text=` passed to the
+    processor directly is a prompt: its `<image>` placeholders (and any special-token string) are tokens.
 
     Args:
         image_processor: resizes and normalises images to the encoder's input.
@@ -130,6 +150,137 @@ class MiniVLMProcessor(ProcessorMixin):
                 f"the tokenizer has no {image_token!r} token; add it as a special token "
                 "(minivlm.data.builder.prepare_tokenizer does) and resize the model's embeddings."
             )
+
+    # -- special-token strings in message text --------------------------------------------------
+    def _special_tokens(self) -> list[str]:
+        """The tokenizer's special tokens (`<image>` included), longest first, so a longer one wins."""
+        tokens = set(self.tokenizer.all_special_tokens)
+        tokens |= {token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special}
+        return sorted((token for token in tokens if token), key=len, reverse=True)
+
+    def mark_special_tokens(self, text: str) -> str:
+        """`text` with each special-token string in it marked as plain text (see the class docstring).
+
+        For text that comes from a message (a caption, a question): the processor then encodes
+        `<eos>` there as the characters `<`, `eos`, `>`, never as the token. Marks the text
+        already held are dropped first.
+        """
+        text = text.replace(LITERAL_START, "").replace(LITERAL_END, "").replace(_HIDDEN_IMAGE, "")
+        tokens = self._special_tokens()
+        if not tokens or not any(token in text for token in tokens):
+            return text
+        pattern = re.compile("|".join(re.escape(token) for token in tokens))
+        return pattern.sub(lambda match: LITERAL_START + match.group(0) + LITERAL_END, text)
+
+    def mark_messages(self, messages):
+        """A copy of chat messages (or a batch of them) whose text is marked with `mark_special_tokens`.
+
+        Marks each message's string `content` and the `text` of its text parts; roles, image parts
+        and other fields are left as they are.
+        """
+        if isinstance(messages, (list, tuple)) and messages and isinstance(messages[0], (list, tuple)):
+            return [self.mark_messages(conversation) for conversation in messages]
+        marked = []
+        for message in messages:
+            if not isinstance(message, dict):
+                marked.append(message)
+                continue
+            message = dict(message)
+            content = message.get("content")
+            if isinstance(content, str):
+                message["content"] = self.mark_special_tokens(content)
+            elif isinstance(content, (list, tuple)):
+                message["content"] = [
+                    {**part, "text": self.mark_special_tokens(part["text"])}
+                    if isinstance(part, dict) and isinstance(part.get("text"), str) else part
+                    for part in content
+                ]
+            marked.append(message)
+        return marked
+
+    def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
+        """`ProcessorMixin.apply_chat_template`, with the messages' text marked first (`mark_messages`).
+
+        Special-token strings that a caption or question holds are encoded as plain text by this
+        processor (`tokenize=True`, or the returned prompt passed to `processor(text=...)`); the
+        template's own `<image>` and EOS stay tokens.
+        """
+        return super().apply_chat_template(self.mark_messages(conversation), chat_template, **kwargs)
+
+    def _special_wrapping(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a text with `add_special_tokens=True` (BOS, ...)."""
+        plain = self.tokenizer.encode("a", add_special_tokens=False)
+        wrapped = self.tokenizer.encode("a", add_special_tokens=True)
+        for start in range(len(wrapped) - len(plain) + 1):
+            if wrapped[start : start + len(plain)] == plain:
+                return wrapped[:start], wrapped[start + len(plain) :]
+        return [], []
+
+    def encode_text(self, text: str, add_special_tokens: bool = True, expand_images: bool = True) -> list[int]:
+        """The token ids of one rendered text, special-token strings in marked spans encoded as plain text.
+
+        Unmarked special-token strings (what the template writes) are tokens; with `expand_images`
+        each unmarked `<image>` becomes `image_seq_length` image tokens (as `processor(text=...)`
+        expands it). The text between two tokens is encoded in one piece, marked strings joined
+        in as plain text, so a caption with `<eos>` in it is tokenised as the same words typed
+        without a tokenizer that knows `<eos>`.
+        """
+        tokens = self._special_tokens()
+        marked = re.escape(LITERAL_START) + "(.*?)" + re.escape(LITERAL_END)
+        pattern = re.compile(marked + "|(" + "|".join(re.escape(token) for token in tokens) + ")" if tokens else marked,
+                             re.DOTALL)
+        ids: list[int] = []
+        pending = ""
+        position = 0
+
+        def flush(chunk: str) -> None:
+            chunk = chunk.replace(LITERAL_START, "").replace(LITERAL_END, "")  # a lone mark: dropped
+            if chunk:
+                ids.extend(self.tokenizer.encode(chunk, add_special_tokens=False, split_special_tokens=True))
+
+        for match in pattern.finditer(text):
+            pending += text[position : match.start()]
+            position = match.end()
+            if match.group(1) is not None:  # a marked string from a message: plain text
+                pending += match.group(1)
+                continue
+            flush(pending)
+            pending = ""
+            token = match.group(2)
+            if expand_images and token == self.image_token:
+                ids.extend([self.image_token_id] * self.image_seq_length)
+            else:
+                ids.append(self.tokenizer.convert_tokens_to_ids(token))
+        flush(pending + text[position:])
+        if add_special_tokens:
+            before, after = self._special_wrapping()
+            ids = before + ids + after
+        return ids
+
+    def _encode_marked(self, texts: list[str], text_kwargs: dict, return_tensors):
+        """The tokenizer's output for texts holding marked spans (`encode_text`), padded as the tokenizer pads."""
+        unsupported = sorted(
+            key for key in ("return_offsets_mapping", "return_overflowing_tokens", "return_special_tokens_mask",
+                            "return_token_type_ids", "return_length", "is_split_into_words", "stride")
+            if text_kwargs.get(key)
+        )
+        if unsupported:
+            raise ValueError(
+                f"{', '.join(unsupported)} cannot be combined with message text that holds special-token strings "
+                "(marked to be encoded as plain text); leave those options out or remove the strings."
+            )
+        add_special_tokens = text_kwargs.get("add_special_tokens", True)
+        input_ids = [self.encode_text(text, add_special_tokens, expand_images=False) for text in texts]
+        max_length = text_kwargs.get("max_length")
+        if text_kwargs.get("truncation") and max_length is not None:
+            left = self.tokenizer.truncation_side == "left"
+            input_ids = [ids[-max_length:] if left else ids[:max_length] for ids in input_ids]
+        padding = text_kwargs.get("padding", False)
+        return self.tokenizer.pad(
+            {"input_ids": input_ids}, padding=padding, max_length=max_length if padding == "max_length" else None,
+            pad_to_multiple_of=text_kwargs.get("pad_to_multiple_of"), padding_side=text_kwargs.get("padding_side"),
+            return_attention_mask=text_kwargs.get("return_attention_mask", True), return_tensors=return_tensors,
+        )
 
     def load_image(self, image, index: int = 0) -> Image.Image:
         """One image as an upright RGB PIL image.
@@ -268,6 +419,12 @@ class MiniVLMProcessor(ProcessorMixin):
 
         if isinstance(text, str):
             text = [text]
+        if text is not None:
+            # A marked `<image>` is message text, not a placeholder: hidden (same length) while images are
+            # counted and expanded, so the offsets below stay right.
+            marked_image = LITERAL_START + self.image_token + LITERAL_END
+            hidden_image = LITERAL_START + _HIDDEN_IMAGE * len(self.image_token) + LITERAL_END
+            text = [t.replace(marked_image, hidden_image) for t in text]
         data = {}
         if images is not None:
             if text is None:
@@ -282,7 +439,11 @@ class MiniVLMProcessor(ProcessorMixin):
                 raise ValueError(f"the text holds {self.image_token!r} but no images were given; pass images=....")
             offsets = [[] for _ in text]
             groups = [[] for _ in text]
-        text_inputs = self.tokenizer(text, return_tensors=return_tensors, **text_kwargs)
+        text = [t.replace(_HIDDEN_IMAGE * len(self.image_token), self.image_token) for t in text]
+        if any(LITERAL_START in t or LITERAL_END in t for t in text):
+            text_inputs = self._encode_marked(text, text_kwargs, return_tensors)
+        else:
+            text_inputs = self.tokenizer(text, return_tensors=return_tensors, **text_kwargs)
         if images is not None and text_kwargs.get("truncation"):
             for i, (ids, group) in enumerate(zip(text_inputs["input_ids"], groups)):
                 if list(ids).count(self.image_token_id) != len(group) * self.image_seq_length:
@@ -305,4 +466,4 @@ class MiniVLMProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values"]
 
 
-__all__ = ["MiniVLMProcessor", "MiniVLMProcessorKwargs", "to_rgb"]
+__all__ = ["LITERAL_END", "LITERAL_START", "MiniVLMProcessor", "MiniVLMProcessorKwargs", "to_rgb"]

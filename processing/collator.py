@@ -192,9 +192,11 @@ class ConversationCollator:
 
     def _encode(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
         processor, tokenizer = self.processor, self.processor.tokenizer
+        # Message text is marked so that a caption holding "<eos>" is trained as those characters,
+        # never as the token (the template's own <image> and EOS stay tokens): see MiniVLMProcessor.
         rendered, generation = render_jinja_template(
-            [messages], chat_template=processor.chat_template, return_assistant_tokens_mask=True,
-            **tokenizer.special_tokens_map,
+            [processor.mark_messages(messages)], chat_template=processor.chat_template,
+            return_assistant_tokens_mask=True, **tokenizer.special_tokens_map,
         )
         text, spans = rendered[0], generation[0]
         ids: list[int] = []
@@ -203,12 +205,11 @@ class ConversationCollator:
         for start, end in [*spans, (len(text), len(text))]:
             if start > position or not ids:
                 # Images sit in user turns only: each `<image>` becomes the processor's image tokens.
-                piece = text[position:start].replace(processor.image_token, processor.image_tokens)
-                context = tokenizer(piece, add_special_tokens=not ids)["input_ids"]
+                context = processor.encode_text(text[position:start], add_special_tokens=not ids)
                 ids += context
                 labels += [-100] * len(context)
             if end > start:
-                target = tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
+                target = processor.encode_text(text[start:end], add_special_tokens=False)
                 if len(target) > self.max_caption_tokens:
                     target = target[: self.max_caption_tokens - 1] + [tokenizer.eos_token_id]
                 ids += target

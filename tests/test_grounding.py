@@ -142,3 +142,79 @@ def test_multi_turn_fraction_outside_zero_to_one_is_refused(processor):
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="between 0 and 1"):
             ConversationCollator(processor, multi_turn_fraction=bad)
+
+
+# -- boundaries of the documented rules, values worked out by hand ---------------------------------
+def test_boxes_on_a_non_square_image_scale_each_axis_by_its_own_side():
+    # 200 x 100 image: x is divided by 200, y by 100.
+    assert box_to_grid((50, 25, 150, 75), (200, 100)) == (250, 250, 750, 750)
+    assert box_to_grid((0, 0, 200, 50), (200, 100)) == (0, 0, 1000, 500)
+    assert box_to_grid((0, 0, 100, 100), (100, 200)) == (0, 0, 1000, 500)  # portrait: the other way round
+    assert format_box((50, 25, 150, 75), image_size=(200, 100)) == "[250, 250, 750, 750]"
+    assert grid_to_pixels((250, 250, 750, 750), (200, 100)) == (50.0, 25.0, 150.0, 75.0)
+
+
+def test_grid_rounding_to_the_nearest_step_and_the_1000_edge():
+    # 7 / 64 = 0.109375 -> 109.375 -> 109 (step 1); -> 10.9375 tens -> 110 (step 10); 25 / 64 -> 390.625 -> 391 / 390.
+    assert box_to_grid((7, 25, 64, 64), (64, 64)) == (109, 391, 1000, 1000)
+    assert box_to_grid((7, 25, 64, 64), (64, 64), step=10) == (110, 390, 1000, 1000)
+    assert box_to_grid((7, 25, 64, 64), (64, 64), step=25) == (100, 400, 1000, 1000)  # 4.375 -> 4, 15.625 -> 16
+    # Past the image is clipped to the grid: the right and bottom edges are 1000, never more; left/top 0.
+    assert box_to_grid((-5, -1, 70, 99), (64, 64)) == (0, 0, 1000, 1000)
+    assert box_to_grid((0, 0, 63, 63), (64, 64)) == (0, 0, 984, 984)  # 984.375: the last pixel's left edge
+    with pytest.raises(ValueError, match="step must divide 1000"):
+        box_to_grid((0, 0, 1, 1), (2, 2), step=3)
+
+
+def test_the_1000_edge_is_a_box_and_1001_is_not():
+    from minivlm.app.boxes import parse_boxes as page_boxes
+
+    assert parse_boxes("at [0, 0, 1000, 1000]") == [(0, 0, 1000, 1000)]
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in page_boxes("the circle [0, 0, 1000, 1000]")] == [(0, 0, 1000, 1000)]
+    assert page_boxes("the circle [0, 0, 1001, 1000]") == []  # off the grid: not a box in this format
+    assert page_boxes("a [10, 10, 10, 50] line") == []  # no area
+    box = page_boxes("the red circle [1000, 800, 200, 0]")[0]  # corners swapped on both axes
+    assert (box.x1, box.y1, box.x2, box.y2, box.label) == (200, 0, 1000, 800, "red circle")
+    assert box.to_pixels(300, 150) == (60.0, 0.0, 300.0, 120.0)  # non-square: x by 300, y by 150
+
+
+def test_iou_takes_corners_in_any_order():
+    # a = [0, 10] x [0, 10], b = [5, 15] x [5, 15]: intersection 5 x 5 = 25, union 100 + 100 - 25 = 175.
+    for a in ((0, 0, 10, 10), (10, 10, 0, 0), (10, 0, 0, 10), (0, 10, 10, 0)):
+        for b in ((5, 5, 15, 15), (15, 15, 5, 5), (15, 5, 5, 15)):
+            assert box_iou(a, b) == pytest.approx(25 / 175), (a, b)
+    assert box_iou((30, 40, 10, 20), (10, 20, 30, 40)) == 1.0
+    assert box_iou((0, 0, 0, 10), (0, 0, 10, 10)) == 0.0  # empty box
+    assert box_iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching edges only
+    # Exactly IoU 0.5 counts as a hit (">= threshold"): [0, 1000] x [0, 500] inside [0, 1000]^2.
+    metrics = box_metrics([(0, 0, 1000, 500), (1000, 1000, 0, 500), None], [(0, 0, 1000, 1000)] * 3)
+    assert metrics == {"box_accuracy": pytest.approx(2 / 3), "box_mean_iou": pytest.approx((0.5 + 0.5 + 0) / 3)}
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("yes!", "yes"),                     # no space around "!": replaced by a space, then trimmed
+    ("red, blue", "red blue"),           # ", " : removed
+    ("red,blue", "red blue"),            # "," between letters: a space
+    ("1,000,000", "1000000"),            # comma between digits: removed
+    ("3.5", "3.5"),                      # a full stop inside a number stays
+    ("it is 3.", "it is 3"),             # a final full stop goes
+    ("x-ray", "x ray"),
+    ("(left)", "left"),
+    ("a/b", "b"),                        # "/" becomes a space; "a" is then an article
+    ("it's", "it's"),                    # the apostrophe is not in the list
+    ("one, two", "1 2"),
+    ("\"the\" cat?", "cat"),
+])
+def test_vqa_normalisation_of_punctuation(raw, expected):
+    assert normalize_answer(raw) == expected
+
+
+def test_the_vqa_target_is_the_most_frequent_answer_and_ties_go_to_the_first_given():
+    from minivlm.data.conversations import vqa_target
+
+    assert vqa_target(["blue", "red", "red"]) == "red"
+    assert vqa_target(["blue", "red", "red", "blue"]) == "blue"  # 2 - 2: blue came first
+    assert vqa_target(["red", "blue", "blue", "red"]) == "red"
+    assert vqa_target([{"answer": "two"}, {"answer": " 2 "}, {"answer": "2"}]) == "2"  # stripped before counting
+    assert vqa_target(["", "  ", None]) == ""
+    assert vqa_target(["a", "b", "c"]) == "a"

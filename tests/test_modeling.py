@@ -544,3 +544,25 @@ def test_compiled_decoding_step_has_no_graph_break(model, processor):
             "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)}
     explanation = torch._dynamo.explain(model)(**step)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_the_default_strategy_drops_the_cls_token_by_value(images):
+    # Shape alone cannot tell which of the 17 tokens was dropped: compare with the ViT's own patch
+    # tokens (positions 1..16, after the CLS at 0), projected by hand from the projector's weights.
+    pixel_values = make_processor()(images=images)["pixel_values"]
+    model = make_model(make_config(vision_feature_select_strategy="default"))
+    with torch.no_grad():
+        hidden = model.vision_tower(pixel_values).last_hidden_state  # (3, 17, 32): CLS first
+        cls = model.vision_tower.embeddings.cls_token
+        projector = model.multi_modal_projector
+
+        def by_hand(x):
+            x = torch.nn.functional.linear(x, projector.linear_1.weight, projector.linear_1.bias)
+            x = projector.norm(torch.nn.functional.gelu(x))
+            return torch.nn.functional.linear(x, projector.linear_2.weight, projector.linear_2.bias)
+
+        features = model.get_image_features(pixel_values).pooler_output
+    assert hidden.shape[1] == 17 and features.shape[1] == 16
+    torch.testing.assert_close(features, by_hand(hidden[:, 1:]))
+    assert not torch.allclose(features, by_hand(hidden[:, :-1]))  # not the last token dropped
+    assert cls.shape == (1, 1, 32)  # the ViT puts its CLS first: position 0 is the one to drop

@@ -84,10 +84,37 @@ def test_every_pil_mode_becomes_rgb(processor, mode):
 
 
 def test_sixteen_bit_and_float_images_keep_their_contrast():
-    ramp = np.linspace(0, 60000, 64, dtype=np.float64).reshape(8, 8)
-    for image in (Image.fromarray(ramp.astype(np.uint16)), Image.fromarray(ramp.astype(np.float32))):
+    ramp = np.linspace(0, 1, 64, dtype=np.float64).reshape(8, 8)
+    for image in (Image.fromarray((ramp * 65535).round().astype(np.uint16)), Image.fromarray(ramp.astype(np.float32))):
         grey = np.asarray(to_rgb(image))[..., 0]
-        assert grey.min() == 0 and grey.max() == 255  # not clipped to white, not crushed to black
+        assert grey.min() == 0 and grey.max() == 255  # the full nominal range maps onto the full 8 bits
+        assert np.array_equal(grey, (ramp * 255).round().astype(np.uint8).clip(0, 255))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+@pytest.mark.parametrize("level", [0.0, 0.5, 1.0])
+def test_uniform_sixteen_bit_and_float_images_keep_their_brightness(mode, level):
+    # A uniform image has no range of its own: it keeps its level on the mode's nominal scale
+    # (16-bit: 0..65535, float: 0..1), so white stays white and mid-grey stays mid-grey.
+    if mode == "F":
+        image = Image.fromarray(np.full((6, 10), level, dtype=np.float32))
+    else:
+        image = Image.fromarray(np.full((6, 10), round(level * 65535), dtype=np.uint16))
+        image = image if mode == "I;16" else image.convert("I")
+    assert image.mode == mode
+    expected = {0.0: 0, 0.5: 128, 1.0: 255}[level]  # 32767.5 / 257 and 0.5 * 255 both round to 128
+    assert set(np.asarray(to_rgb(image)).ravel().tolist()) == {expected}
+
+
+def test_near_uniform_sixteen_bit_images_are_not_stretched():
+    # 65000 and 65001: bright and all but identical, not a black-to-white stretch of one step.
+    image = Image.fromarray(np.array([[65000, 65001], [65001, 65000]], dtype=np.uint16))
+    grey = np.asarray(to_rgb(image))[..., 0]
+    assert set(grey.ravel().tolist()) == {253}  # 65000 / 257 = 252.9 and 65001 / 257 = 252.9
+    dark = Image.fromarray(np.array([[0.010, 0.011]], dtype=np.float32))
+    assert set(np.asarray(to_rgb(dark)).ravel().tolist()) == {3}  # 2.55 and 2.81 round to 3, not 0 and 255
+    odd = Image.fromarray(np.array([[-5.0, 7.0, float("nan")]], dtype=np.float32))
+    assert np.asarray(to_rgb(odd))[0, :, 0].tolist() == [0, 255, 0]  # clipped to [0, 1]; NaN is black
 
 
 def test_transparent_pixels_become_white():

@@ -54,6 +54,16 @@ class _Handler(BaseHTTPRequestHandler):
                 except OSError:
                     return
                 time.sleep(0.2)
+        elif self.path == "/trickle-headers":  # a header line every 0.25 s, 4 s at most
+            self.send_response(200)
+            for index in range(16):
+                try:
+                    self.send_header(f"X-Slow-{index}", "x")
+                    self.flush_headers()
+                except OSError:
+                    return
+                time.sleep(0.25)
+            self.close_connection = True
         else:
             self.send_error(404)
 
@@ -120,6 +130,18 @@ def test_a_slow_server_times_out(server):
     with pytest.raises(ValueError, match="took more than 0.5 s"):
         load_image(f"{server}/slow", timeout=0.5)
     assert time.perf_counter() - start < 2.5
+
+
+def test_the_timeout_covers_the_headers_too(server):
+    # One header line every 0.25 s: no single read waits 1 s, yet the whole fetch must end at 1 s,
+    # not when the headers are done (4 s).
+    from minivlm.image_loading import load_image
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="took more than 1.0 s"):
+        load_image(f"{server}/trickle-headers", timeout=1.0)
+    elapsed = time.perf_counter() - start
+    assert 0.9 < elapsed < 1.8, elapsed
 
 
 def test_a_huge_image_is_refused_from_its_header_before_decoding(parts, tmp_path):
