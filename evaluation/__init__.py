@@ -1,1 +1,1 @@
-"""`minivlm.evaluation`: caption metrics (an offline `evaluate` module), batched captioning with scores, plots."""
+"""`minivlm.evaluation`: what a split of any training format holds (`tasks`), caption metrics (an offline `evaluate` module), batched captioning and answering with scores, plots."""

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,25 +28,34 @@ from minivlm.data.grounding import parse_boxes
 from minivlm.evaluation.boxes import BOX_IOU_THRESHOLD, box_iou, box_metrics
 from minivlm.evaluation.vqa import vqa_accuracy
 
-__all__ = ["QUESTION_SCORE_KEYS", "answer_questions", "answer_chats", "evaluate_answers", "evaluate_chat",
-           "load_question_dataset", "load_questions"]
+__all__ = ["ANSWER_DECODING", "QUESTION_SCORE_KEYS", "answer_questions", "answer_chats", "evaluate_answers",
+           "evaluate_chat", "load_question_dataset", "load_questions"]
+
+logger = logging.getLogger(__name__)
 
 # The numbers `evaluate_answers` returns (per-type accuracies come as `vqa_accuracy_<type>` besides).
 QUESTION_SCORE_KEYS = ("vqa_accuracy", "box_accuracy", "box_mean_iou")
+# Greedy, short answers: how `evaluate_answers` decodes (recorded beside the scores in the model card).
+ANSWER_DECODING: dict[str, Any] = {"max_new_tokens": 16, "num_beams": 1, "do_sample": False}
 
 
 def answer_questions(
     model: torch.nn.Module,
     processor,
     images: list[Any],
-    questions: list[str],
+    questions: list[str | list[dict[str, Any]]],
     *,
     batch_size: int = 32,
     max_new_tokens: int = 16,
     progress: bool = False,
     **generate_kwargs: Any,
 ) -> list[str]:
-    """Greedy answers to `questions[i]` about `images[i]`, in order (stripped, special tokens removed)."""
+    """Greedy answers to `questions[i]` about `images[i]`, in order (stripped, special tokens removed).
+
+    A question is a string (asked as one user turn: the image, then the text) or a conversation that
+    ends with the user's turn (chat-format messages, earlier turns as context); `images[i]` is one
+    image or the list of the images its conversation shows, in order.
+    """
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images but {len(questions)} questions")
     return answer_chats(model, processor, images, [[] for _ in questions], questions, batch_size=batch_size,
@@ -77,7 +87,8 @@ def answer_chats(
     **generate_kwargs: Any,
 ) -> list[str]:
     """Greedy answers to `questions[i]` about `images[i]` after the turns `histories[i]` (`(question, answer)`
-    pairs, oldest first; empty for a first question), in order (stripped, special tokens removed)."""
+    pairs, oldest first; empty for a first question), in order (stripped, special tokens removed). A
+    question given as chat messages (ending with the user's turn) is asked as it is, its history ignored."""
     if not len(images) == len(histories) == len(questions):
         raise ValueError(f"{len(images)} images, {len(histories)} histories and {len(questions)} questions")
     answers: list[str] = []
@@ -87,8 +98,9 @@ def answer_chats(
         with torch.inference_mode():
             for start in tqdm(range(0, len(questions), batch_size), desc="Answering", disable=not progress):
                 end = start + batch_size
-                prompts = [processor.apply_chat_template(chat_messages(history, question), add_generation_prompt=True)
-                           for history, question in zip(histories[start:end], questions[start:end])]
+                prompts = [processor.apply_chat_template(
+                    question if isinstance(question, list) else chat_messages(history, question),
+                    add_generation_prompt=True) for history, question in zip(histories[start:end], questions[start:end])]
                 inputs = processor(images=images[start:end], text=prompts, padding=True,
                                    return_tensors="pt").to(model.device)
                 generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
@@ -103,15 +115,18 @@ def evaluate_answers(
     max_new_tokens: int = 16, progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Answers every question of `dataset` (rows with ``image``, ``question``, ``answer`` or ``answers``, and
-    optionally ``type`` and ``id``) and scores them.
+    optionally ``type`` and ``id``; or, from a conversation (`minivlm.evaluation.tasks`), ``images`` and the
+    ``messages`` before the answer) and scores them.
 
     Returns ``(predictions, metrics)``: predictions ``[{"id", "type", "question", "prediction",
     "answers"}]``; metrics ``vqa_accuracy`` (over the questions without a box), ``vqa_accuracy_<type>``
     per type, and for the questions whose reference is a box ``box_accuracy``, ``box_mean_iou``.
     """
     rows = list(dataset)
-    predictions = answer_questions(model, processor, [r["image"] for r in rows], [r["question"] for r in rows],
-                                   batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+    predictions = answer_questions(
+        model, processor, [r["images"] if r.get("images") else r["image"] for r in rows],
+        [r.get("messages") or r["question"] for r in rows],
+        batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
     records, by_type = [], defaultdict(list)
     predicted_boxes, target_boxes = [], []
     for row, prediction in zip(rows, predictions):
@@ -212,26 +227,42 @@ def load_question_dataset(dataset: str, split: str = "test", max_samples: int | 
     return datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())
 
 
-def load_questions(source: str, split: str, max_samples: int | None = None, seed: int = 42) -> datasets.Dataset | None:
+def load_questions(
+    source: str, split: str, max_samples: int | None = None, seed: int = 42, dataset_config: str | None = None,
+) -> datasets.Dataset | None:
     """Questions to score in a split, or None when it has none: the shapes set's (its metadata), or a
-    dataset with VQA columns (``image``, ``question``, ``answer`` or ``answers``; `max_samples` rows, seeded)."""
+    dataset with VQA columns (``image``, ``question``, ``answer`` or ``answers``; `max_samples` rows, seeded),
+    a local imagefolder whose metadata rows hold them included. Rows without a question or an answer
+    are left out (with a warning)."""
     metadata = Path(source) / split / "metadata.jsonl"
-    if metadata.is_file():
-        first = metadata.read_text(encoding="utf-8").split("\n", 1)[0]
-        return load_question_dataset(source, split, max_samples) if '"questions"' in first else None
+    if metadata.is_file() and '"questions"' in metadata.read_text(encoding="utf-8").split("\n", 1)[0]:
+        return load_question_dataset(source, split, max_samples)
+    # Any other folder (a VQA imagefolder: metadata rows with file_name, question, answer) or Hub id.
     from minivlm.data.adapters import _load_split
 
     try:
-        raw = _load_split(source, split, None, None)
+        raw = _load_split(source, split, dataset_config, None)
     except (ValueError, FileNotFoundError):
         return None
-    if "question" not in raw.column_names or not {"answer", "answers"} & set(raw.column_names):
+    if "question" not in raw.column_names or not {"answer", "answers"} & set(raw.column_names) \
+            or "image" not in raw.column_names:
         return None
     if max_samples is not None and max_samples < len(raw):
         raw = raw.shuffle(seed=seed).select(range(max_samples))
-    if "answers" in raw.column_names:
-        def flatten(batch):
-            return {"answers": [[a.get("answer", "") if isinstance(a, dict) else a for a in answers]
-                                for answers in batch["answers"]]}
-        raw = raw.map(flatten, batched=True)
-    return raw
+    column = "answers" if "answers" in raw.column_names else "answer"
+
+    def flatten(batch):
+        out = []
+        for answers in batch[column]:
+            answers = [answers] if answers is None or isinstance(answers, (str, dict)) else answers
+            texts = [a.get("answer", "") if isinstance(a, dict) else a for a in answers]
+            out.append([t.strip() for t in texts if isinstance(t, str) and t.strip()])
+        return {"answers": out}
+
+    raw = raw.map(flatten, batched=True, remove_columns=[column])
+    usable = [i for i, (q, a) in enumerate(zip(raw["question"], raw["answers"])) if q and q.strip() and a]
+    if len(usable) < len(raw):
+        logger.warning("split %r of %s: %d of %d questions have no question text or no answer; left out",
+                       split, source, len(raw) - len(usable), len(raw))
+        raw = raw.select(usable)
+    return raw if len(raw) else None

@@ -24,7 +24,7 @@ import datasets
 from .adapters import BadDataError, clean_caption_dataset, load_caption_dataset
 
 
-__all__ = ["SHAPES", "caption_column_argument", "load_dataset_splits", "load_split", "resolve_dataset"]
+__all__ = ["SHAPES", "caption_column_argument", "load_dataset_splits", "load_split", "resolve_dataset", "shapes_objects"]
 
 SHAPES = "shapes"  # the dataset name that stands for the generated synthetic set
 logger = logging.getLogger(__name__)
@@ -92,14 +92,21 @@ def load_split(
     """
     ds = load_caption_dataset(dataset, split, **load_kwargs)
     ds = clean_caption_dataset(ds, max_bad_fraction=max_bad_fraction, split_name=split)
-    metadata = Path(dataset) / split / "metadata.jsonl"
-    if attach_objects and metadata.is_file():
-        # The uniform view keeps image, captions and id only: read the objects back from the metadata.
-        records = [json.loads(line) for line in metadata.read_text(encoding="utf-8").splitlines() if line.strip()]
-        objects = {str(r["id"]): r["objects"] for r in records if "id" in r and "objects" in r}
-        if objects and all(i in objects for i in ds["id"]):
-            ds = ds.add_column("objects", [objects[i] for i in ds["id"]])
+    objects = shapes_objects(dataset, split) if attach_objects else None
+    if objects and all(i in objects for i in ds["id"]):
+        ds = ds.add_column("objects", [objects[i] for i in ds["id"]])
     return ds
+
+
+def shapes_objects(dataset: str, split: str) -> dict[str, Any] | None:
+    """The shapes set's ``objects`` by image id, from ``{dataset}/{split}/metadata.jsonl``, or None
+    when the source is not such a folder. The views (caption, conversation, training) keep no
+    objects: the scorers read them back from here, matched by id."""
+    metadata = Path(dataset) / split / "metadata.jsonl"
+    if not metadata.is_file():
+        return None
+    records = [json.loads(line) for line in metadata.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {str(r["id"]): r["objects"] for r in records if isinstance(r, dict) and "id" in r and "objects" in r} or None
 
 
 def load_dataset_splits(

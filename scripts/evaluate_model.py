@@ -6,11 +6,14 @@ every script beside it.)
     python scripts/evaluate_model.py --model outputs/shapes-tiny --dataset shapes --shapes_dir data/shapes
     python scripts/evaluate_model.py --model org/minivlm --dataset jxie/flickr8k --split test --num_beams 3
 
-When the split has questions (the shapes set's, or VQA columns `question` + `answer`/`answers`),
-they are answered too and scored: VQA accuracy (VQAv2 normalisation) and, for box answers, accuracy
-at IoU >= 0.5 and mean IoU; the answers go to `answers.jsonl`.
+Any training format evaluates: a caption set, the shapes set, a chat / LLaVA (`.json`) / cauldron
+set, a VQA imagefolder or Hub-style set (`question` + `answer`/`answers`). Captions are scored when
+the split has them; questions (the shapes set's, VQA columns, or every assistant turn of a
+conversation, asked with the turns before it) are answered and scored: VQA accuracy (VQAv2
+normalisation) and, for box answers, accuracy at IoU >= 0.5 and mean IoU; the answers go to
+`answers.jsonl`. A split with questions and no captions is scored on its answers alone.
 
-Writes to --output_dir: `predictions.jsonl` (id, caption, references), `metrics.json` (scores,
+Writes to --output_dir: `predictions.jsonl` (id, caption, references; when there are captions), `metrics.json` (scores,
 decoding settings, model, dataset, split, number of images), `patch_heatmap.png` (the first
 image), and `loss_curve.png` when the model folder holds `trainer_state.json` (or --log_history
 names a JSON log). Prints the metrics as a table.
@@ -24,9 +27,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
-from minivlm.data.loading import caption_column_argument, load_split, resolve_dataset
-from minivlm.evaluation.answering import QUESTION_SCORE_KEYS, evaluate_answers, load_questions
+from minivlm.data.loading import caption_column_argument, resolve_dataset
+from minivlm.evaluation.answering import ANSWER_DECODING, QUESTION_SCORE_KEYS, evaluate_answers
 from minivlm.evaluation.captioning import SCORE_KEYS, evaluate_captions
+from minivlm.evaluation.tasks import load_evaluation_sets
 from minivlm.training.model_card import format_metrics
 from minivlm.evaluation.plots import plot_loss_curve, plot_patch_heatmap
 
@@ -48,6 +52,7 @@ class EvalArguments:
     caption_column: str | None = field(
         default=None, metadata={"help": "Caption column(s), comma-separated; default: auto-detect."}
     )
+    image_folder: str | None = field(default=None, metadata={"help": "Where LLaVA JSON image paths are relative to."})
     max_samples: int | None = field(default=None, metadata={"help": "Seeded subset of the split (default: all)."})
     seed: int = field(default=42, metadata={"help": "Seed of the --max_samples subset (and of sampling)."})
     batch_size: int = field(default=32)
@@ -86,31 +91,37 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
 
     source = resolve_dataset(args.dataset, shapes_dir=args.shapes_dir, split=args.split, generate=False)
-    dataset = load_split(
+    sets = load_evaluation_sets(
         source, args.split, dataset_config=args.dataset_config, image_column=args.image_column,
-        caption_column=caption_column_argument(args.caption_column), max_samples=args.max_samples, seed=args.seed,
+        caption_column=caption_column_argument(args.caption_column), image_folder=args.image_folder,
+        max_samples=args.max_samples, seed=args.seed, questions=args.questions != "no",
     )
+    if sets.questions is None and args.questions == "yes":
+        raise ValueError(f"split {args.split!r} of {source} has no questions (the shapes set's, VQA columns "
+                         "question + answer/answers, or conversations with answers); use --questions auto or no.")
+    if not sets:
+        raise ValueError(f"split {args.split!r} of {source} has nothing to score: no caption column"
+                         + (" (and --questions no)" if args.questions == "no" else " and no questions with answers")
+                         + "; name the captions with --caption_column, or evaluate another split.")
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).to(device).eval()
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
 
     decoding = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.do_sample}
-    predictions, metrics = evaluate_captions(
-        model, processor, dataset, decoding=decoding, batch_size=args.batch_size, prompt=args.prompt,
-        meteor=False if args.skip_meteor else None,
-    )
+    predictions, metrics = [], {}
+    if sets.captions is not None:
+        predictions, metrics = evaluate_captions(
+            model, processor, sets.captions, decoding=decoding, batch_size=args.batch_size, prompt=args.prompt,
+            meteor=False if args.skip_meteor else None,
+        )
 
     answers = []
-    if args.questions != "no":
-        questions = load_questions(source, args.split, args.max_samples, args.seed)
-        if questions is None and args.questions == "yes":
-            raise ValueError(f"split {args.split!r} of {source} has no questions (the shapes set's, or VQA columns "
-                             "question + answer/answers); use --questions auto or no.")
-        if questions is not None:
-            answers, answer_metrics = evaluate_answers(model, processor, questions, batch_size=args.batch_size,
-                                                       max_new_tokens=args.max_new_tokens, progress=True)
-            metrics.update(answer_metrics)
+    if sets.questions is not None:
+        answers, answer_metrics = evaluate_answers(model, processor, sets.questions, batch_size=args.batch_size,
+                                                   max_new_tokens=args.max_new_tokens, progress=True)
+        metrics.update(answer_metrics)
+        metrics["answer_decoding"] = {**ANSWER_DECODING, "max_new_tokens": args.max_new_tokens}
 
     # write
     output_dir = Path(args.output_dir)
@@ -119,9 +130,10 @@ def main(argv: list[str] | None = None) -> None:
         with open(output_dir / "answers.jsonl", "w", encoding="utf-8") as f:
             for answer in answers:
                 f.write(json.dumps(answer, ensure_ascii=False) + "\n")
-    with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for prediction in predictions:
-            f.write(json.dumps(prediction, ensure_ascii=False) + "\n")
+    if predictions:
+        with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+            for prediction in predictions:
+                f.write(json.dumps(prediction, ensure_ascii=False) + "\n")
     report = {
         **metrics,
         "model": args.model,
@@ -132,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         "arguments": asdict(args),
     }
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    plot_patch_heatmap(model, processor, dataset[0]["image"], output_dir / "patch_heatmap.png")
+    row = sets.captions[0] if sets.captions is not None else sets.questions[0]
+    first = row["image"] if "image" in row else row["images"][0]
+    plot_patch_heatmap(model, processor, first, output_dir / "patch_heatmap.png")
     history = _log_history(args)
     if history is not None and any("loss" in entry for entry in history):
         plot_loss_curve(history, output_dir / "loss_curve.png")
@@ -140,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning("the log history holds no training loss: no loss curve")
 
     scores = {k: metrics[k] for k in (*SCORE_KEYS, "shapes_accuracy", *QUESTION_SCORE_KEYS) if k in metrics}
-    print(f"{args.model} on {args.dataset} [{args.split}], {len(predictions)} images")
-    print(format_metrics(scores, metrics["decoding"]))
+    print(f"{args.model} on {args.dataset} [{args.split}], {len(predictions)} images captioned, "
+          f"{len(answers)} questions answered")
+    print(format_metrics(scores, metrics.get("decoding") or metrics.get("answer_decoding")))
     for name, reason in metrics.get("unavailable", {}).items():
         print(f"{name} unavailable: {reason}")
     print(f"wrote {output_dir}")

@@ -144,3 +144,22 @@ def saved_model_dir(tmp_path_factory) -> Path:
     make_model(config, seed=1).save_pretrained(path)
     make_processor(config, tokenizer).save_pretrained(path)
     return path
+
+
+def write_vqa_imagefolder(root: Path, splits: dict[str, int], seed: int = 0) -> Path:
+    """A local VQA imagefolder, no captions: ``{split}/metadata.jsonl`` rows ``file_name``, ``question``,
+    ``answer`` (words of `WORDS`), beside PNG noise images of assorted sizes."""
+    import json
+
+    questions = [("what colour is the circle?", "red"), ("is this a dog?", "yes"), ("what is on the left?", "cat")]
+    for split, count in splits.items():
+        folder = Path(root) / split
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for index, image in enumerate(make_images(count, size=24, seed=seed + len(split))):
+            name = f"{split}_{index:03d}.png"
+            image.save(folder / name)
+            question, answer = questions[index % len(questions)]
+            lines.append(json.dumps({"file_name": name, "question": question, "answer": answer}))
+        (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return Path(root)

@@ -422,3 +422,50 @@ def test_chat_scores_each_turn_with_hand_computed_values(monkeypatch):
     assert metrics["chat_accuracy_later"] == pytest.approx((1.0 + 1.0 + yes_no + yes_yes) / 4)
     with pytest.raises(ValueError, match="no image has 4 questions"):
         answering.evaluate_chat(None, None, rows, turns=4)
+
+
+def _own_vqa_accuracy(prediction: str, references: list[str]) -> float:
+    """VQA accuracy written out for one-word answers: min(#matching references / 3, 1)."""
+    matches = sum(prediction.strip().lower() == r.strip().lower() for r in references)
+    return min(matches / 3, 1.0)
+
+
+def test_evaluate_script_answers_a_vqa_imagefolder_that_has_no_captions(saved_model_dir, tmp_path, capsys):
+    from conftest import write_vqa_imagefolder
+
+    main = load_script("evaluate_model").main
+    folder = write_vqa_imagefolder(tmp_path / "vqa", {"train": 3, "test": 5})
+    out = tmp_path / "eval"
+    main(["--model", str(saved_model_dir), "--dataset", str(folder), "--split", "test", "--questions", "yes",
+          "--skip_meteor", "--output_dir", str(out)])
+
+    rows = [json.loads(line) for line in (folder / "test" / "metadata.jsonl").read_text().splitlines()]
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert sorted((a["question"], a["answers"]) for a in answers) == sorted((r["question"], [r["answer"]]) for r in rows)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_questions"] == 5 and metrics["num_images"] == 0
+    assert metrics["vqa_accuracy"] == pytest.approx(
+        sum(_own_vqa_accuracy(a["prediction"], a["answers"]) for a in answers) / 5)
+    assert "cider" not in metrics and not (out / "predictions.jsonl").exists()  # no captions to score
+    assert_png(out / "patch_heatmap.png")
+    assert "| vqa_accuracy |" in capsys.readouterr().out
+
+    # Questions turned off: nothing left to score, said before any model is loaded.
+    with pytest.raises(ValueError, match="nothing to score: no caption column .*--questions no"):
+        main(["--model", "no/such-model", "--dataset", str(folder), "--split", "test", "--questions", "no",
+              "--output_dir", str(out)])
+
+
+def test_evaluate_script_scores_every_turn_of_a_chat_set(saved_model_dir, tmp_path):
+    from test_evaluation_tasks import chats
+
+    main = load_script("evaluate_model").main
+    datasets.DatasetDict({"test": chats(make_images(2, size=24))}).save_to_disk(tmp_path / "chat")
+    out = tmp_path / "eval"
+    main(["--model", str(saved_model_dir), "--dataset", str(tmp_path / "chat"), "--split", "test",
+          "--skip_meteor", "--output_dir", str(out)])
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [(a["id"], a["question"]) for a in answers] == [
+        ("c0", "what colour is the circle?"), ("c0", "and the square?"), ("c1", "what is it?")]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_questions"] == 3 and {"vqa_accuracy", "box_accuracy", "box_mean_iou"} <= set(metrics)

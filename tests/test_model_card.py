@@ -1,5 +1,7 @@
 """The model card: read back by huggingface_hub's own card parsing (metadata, model-index → eval results)."""
 
+import re
+
 import yaml
 from conftest import make_images
 from huggingface_hub import ModelCard
@@ -27,7 +29,8 @@ def test_card_metadata_and_model_index_round_trip_through_huggingface_hub(tmp_pa
                  "image": images[1]}]
     path = write_model_card(tmp_path / "model", base_model=["google/vit-large-patch16-224"], dataset="jxie/flickr8k",
                             num_train_examples=10, metrics=METRICS, examples=examples, failures=failures,
-                            failure_criterion="word overlap", hardware="CPU Test (2 cores); no GPU")
+                            failure_criterion="word overlap", hardware="CPU Test (2 cores); no GPU",
+                            instruction_tuned=True, trained_tasks=["captions", "answers", "boxes"])
     card = ModelCard.load(path)
     data = card.data
     assert data.pipeline_tag == "image-text-to-text" and data.library_name == "transformers"
@@ -93,10 +96,39 @@ def test_the_saved_folder_has_a_card_with_results_examples_and_time(shapes_dir, 
     card = ModelCard.load(tmp_path / "out" / "README.md")
     cider = [r for r in card.data.eval_results if r.metric_type == "cider"]
     assert len(cider) == 1 and cider[0].dataset_split == "validation" and cider[0].task_type == "image-to-text"
-    assert "Steps: 2" in card.text and "the Trainer's train_runtime" in card.text
+    assert "Steps: 2 (0.33 epochs)" in card.text and re.search(r"Training time: \d+\.\d s\n", card.text)
     assert "## Example outputs" in card.text and (tmp_path / "out" / "examples" / "example_0.png").is_file()
     # Two steps from scratch: every caption is wrong, so the failure table is there, ranked by the
     # shapes scorer (the evaluation split carries the shapes' objects).
     assert ("Known failure cases, the lowest-scoring predictions of the evaluation (colour and shape of every "
             "object named right") in card.text
     assert (tmp_path / "out" / "examples" / "failure_0.png").is_file()
+
+
+def test_card_text_follows_instruction_tuned_and_the_training_data_not_the_results(tmp_path):
+    # Instruction-tuned on questions without boxes, evaluated on captions only.
+    chat = write_model_card(tmp_path / "chat", dataset="shapes", metrics={"cider": 0.5}, instruction_tuned=True,
+                            trained_tasks=["captions", "answers"], formats=["captions", "chat"]).read_text()
+    assert "apply_chat_template" in chat and "trained to caption only" not in chat
+    assert "Its answers were not scored for this card" in chat  # true: no question was evaluated
+    assert "Asked to locate an object" not in chat and "grounding" not in chat.split("---")[1]  # no boxes trained
+    assert "(training formats: captions, chat)" in chat
+    metadata = yaml.safe_load(chat.split("---\n")[1])
+    assert {r["task"]["type"] for r in metadata["model-index"][0]["results"]} == {"image-to-text"}
+    # A captioner whose results happen to hold answers is still described as a captioner.
+    captioner = write_model_card(tmp_path / "captioner", dataset="shapes", instruction_tuned=False,
+                                 metrics={"captions": {"cider": 0.5}, "answers": {"vqa_accuracy": 0.1}}).read_text()
+    assert "trained to caption only" in captioner and "apply_chat_template" not in captioner
+    # Boxes in the training data: the grounding sentence and tag.
+    boxes = write_model_card(tmp_path / "boxes", instruction_tuned=True,
+                             trained_tasks=["captions", "answers", "boxes"]).read_text()
+    assert "Asked to locate an object" in boxes and "- grounding" in boxes
+
+
+def test_an_empty_prompt_is_not_quoted_and_a_given_one_is(tmp_path):
+    empty = write_model_card(tmp_path / "empty", prompt="").read_text()
+    assert 'prompt ""' not in empty and 'text=[""]' not in empty
+    assert "The caption starts right after the image tokens" in empty
+    given = write_model_card(tmp_path / "given", prompt="a photo of").read_text()
+    assert 'The caption continues the prompt "a photo of" after the image tokens' in given
+    assert 'text=["a photo of"]' in given

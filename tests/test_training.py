@@ -335,3 +335,95 @@ def test_checkpoint_missing_only_trainer_state_is_skipped_and_refused(tmp_path, 
     resumed = train(*parse_args(argv))  # from checkpoint-2, to the same end
     assert resumed.state.global_step == 4
     assert_same_weights(weights(resumed.model), expected)
+
+
+# -- evaluation and the card for every training format -------------------------------------------
+def test_instruction_tuning_evaluates_captions_answers_and_boxes_during_training(tmp_path):
+    from huggingface_hub import ModelCard
+
+    argv = tiny_argv(
+        tmp_path / "out", "shapes", "--shapes_dir", str(tmp_path / "shapes"), "--shapes_num_train", "8",
+        "--shapes_num_eval", "4", "--shapes_image_size", "32", "--dataset_format", "shapes-instruct",
+        "--max_steps", "2", "--save_strategy", "no", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--caption_eval_samples", "4", "--metric_for_best_model", "eval_cider",
+    )
+    trainer = train(*parse_args(argv))
+    logged = [e for e in trainer.state.log_history if "eval_cider" in e]
+    assert [e["step"] for e in logged] == [2]
+    for key in ("eval_shapes_accuracy", "eval_vqa_accuracy", "eval_box_accuracy", "eval_box_mean_iou"):
+        assert 0.0 <= logged[0][key] <= 1.0
+    assert trainer.model.config.instruction_tuned is True
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    tasks = {(r.task_type, r.metric_type) for r in card.data.eval_results}
+    assert ("image-to-text", "cider") in tasks and ("visual-question-answering", "vqa_accuracy") in tasks
+    assert ("object-detection", "box_mean_iou") in tasks
+    assert ("image-to-text", "vqa_accuracy") not in tasks  # each score under its own task
+    assert "apply_chat_template" in card.text and "trained to caption only" not in card.text
+    assert "not evaluated on questions" not in card.text and "(training formats: shapes-instruct)" in card.text
+
+
+def test_a_vqa_imagefolder_trains_and_is_scored_on_its_answers(tmp_path):
+    from conftest import write_vqa_imagefolder
+    from huggingface_hub import ModelCard
+
+    folder = write_vqa_imagefolder(tmp_path / "vqa", {"train": 8, "validation": 4})
+    common = ("--dataset_format", "vqa", "--max_steps", "2", "--save_strategy", "no", "--eval_strategy", "steps",
+              "--eval_steps", "2", "--caption_eval_samples", "4")
+    # No captions in the split: CIDEr cannot pick the best model, said before training.
+    with pytest.raises(ValueError, match="eval_cider: the evaluation split cannot give it .*eval_vqa_accuracy"):
+        train(*parse_args(tiny_argv(tmp_path / "refused", str(folder), *common, "--metric_for_best_model", "eval_cider")))
+    trainer = train(*parse_args(tiny_argv(tmp_path / "out", str(folder), *common,
+                                          "--metric_for_best_model", "eval_vqa_accuracy")))
+    logged = [e for e in trainer.state.log_history if "eval_vqa_accuracy" in e]
+    assert [e["step"] for e in logged] == [2] and "eval_cider" not in logged[0]
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert {(r.task_type, r.metric_type, r.dataset_split) for r in card.data.eval_results} == {
+        ("visual-question-answering", "vqa_accuracy", "validation")}
+    assert "questions about images with their answers" in card.text and "reference captions" not in card.text
+    assert 'pipeline("image-to-text"' not in card.text and "Its training data held no captions" in card.text
+    assert "**Q:** what colour is the circle?" in card.text  # examples are answers, with their questions
+
+
+def test_a_caption_set_read_in_the_training_view_stays_a_captioner(tmp_path, shapes_dir):
+    from huggingface_hub import ModelCard
+
+    trainer = train(*parse_args(tiny_argv(tmp_path / "out", shapes_dir, "--dataset_format", "captions",
+                                          "--max_steps", "2", "--save_strategy", "no")))
+    assert "messages" in trainer.train_dataset.column_names  # the training view: an empty list per row
+    assert trainer.model.config.instruction_tuned is False
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert "trained to caption only" in card.text and "apply_chat_template" not in card.text
+    assert "visual-question-answering" not in card.data.tags
+
+
+class SlowSteps(TrainerCallback):
+    """Each optimizer step lasts at least `seconds` more: training time that a test can count on."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+
+
+def _card_seconds(folder) -> float:
+    import re
+
+    text = (Path(folder) / "README.md").read_text()
+    return float(re.search(r"Training time: ([\d.]+) s", text).group(1))
+
+
+def test_training_time_adds_up_every_session_and_survives_a_rerun(tmp_path, shapes_dir):
+    out = tmp_path / "out"
+    argv = tiny_argv(out, shapes_dir, "--num_train_epochs", "1")  # 24 images, batch 4: 6 steps
+    train(*parse_args(argv), callbacks=[InterruptAt(3, signal.SIGTERM), SlowSteps(0.3)])  # steps 1-3, saved
+    train(*parse_args(argv), callbacks=[SlowSteps(0.3)])  # steps 4-6
+    # Six slow steps: 1.8 s at least, though the last session alone slept 0.9 s.
+    assert _card_seconds(out) >= 1.8
+    assert "2 training sessions added up (the run was resumed)" in (out / "README.md").read_text()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["TrainingTimeCallback"]["args"]["seconds"] >= 1.8
+    # Running the finished run again trains nothing and keeps the time it took.
+    again = train(*parse_args(argv))
+    assert again.state.global_step == 6 and _card_seconds(out) >= 1.8
+    assert "Steps: 6 (1 epoch)" in (out / "README.md").read_text()

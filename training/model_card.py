@@ -74,7 +74,7 @@ def format_metrics(metrics: dict | None, decoding: dict | None = None) -> str:
         rows.append(f"| {name} | {'unavailable' if value is None else f'{value:.4f}' if isinstance(value, float) else value} |")
     if decoding:
         rows.append("")
-        rows.append("Decoding: " + ", ".join(f"{k}={v}" for k, v in decoding.items()))
+        rows.append("Decoding: " + ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in decoding.items()))
     return "\n".join(rows)
 
 
@@ -180,12 +180,48 @@ def describe_hardware() -> str:
     return text
 
 
-def _training_time(history: Sequence[Mapping[str, Any]]) -> str:
+def _training_time(trainer) -> str:
+    """The run's training time: every segment's (first run and resumes) added up by
+    `TrainingTimeCallback`; the Trainer's ``train_runtime`` (one segment) only where that is missing."""
+    from .callbacks import TrainingTimeCallback
+
+    if trainer is None:
+        return "not measured"
+    clock = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrainingTimeCallback)), None)
+    stored = (trainer.state.stateful_callbacks or {}).get(TrainingTimeCallback.__name__)
+    stored = stored.get("args", {}) if isinstance(stored, dict) else {}
+    seconds, segments = (clock.seconds, clock.segments) if clock is not None else (
+        stored.get("seconds"), stored.get("segments", 0))
+    running = clock is not None and clock._started is not None
+    if segments:
+        text = f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s ({seconds / 60:.1f} min)"
+        if segments > 1:
+            text += f", {segments} training sessions added up (the run was resumed)"
+        return text + (" so far (training in progress)" if running else "")
+    history = trainer.state.log_history
     runtime = next((entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry), None)
     if runtime is None:
         return "not yet measured (training in progress)" if history else "not measured"
-    minutes = runtime / 60
-    return f"{runtime:.0f} s ({minutes:.1f} min; the Trainer's train_runtime)"
+    return f"{runtime:.0f} s ({runtime / 60:.1f} min; the Trainer's train_runtime of the last session)"
+
+
+def _epochs(epoch: float | None) -> str:
+    """The epochs a number of steps amounts to: "1 epoch", "2.13 epochs"."""
+    if not epoch:
+        return "no training step yet"
+    text = f"{epoch:.2f}".rstrip("0").rstrip(".")
+    return f"{text} epoch" + ("" if text == "1" else "s")
+
+
+def _data_description(tasks: Sequence[str]) -> str:
+    """What the training rows held, in words, from their tasks (`minivlm.evaluation.tasks.data_tasks`)."""
+    parts = []
+    if "captions" in tasks:
+        parts.append("images with reference captions, one drawn per image and epoch,")
+    if "answers" in tasks:
+        parts.append("questions about images with their answers" + (", some of them boxes on the 0–1000 grid"
+                                                                    if "boxes" in tasks else ""))
+    return " and ".join(parts).rstrip(",") or "no recorded data"
 
 
 def _words(text: str) -> list[str]:
@@ -240,6 +276,26 @@ def card_examples(predictions: Sequence[Mapping[str, Any]], dataset=None, count:
             "failure_criterion": criterion}
 
 
+def answer_examples(records: Sequence[Mapping[str, Any]], questions=None, count: int = 4) -> dict[str, Any]:
+    """`examples` and `failures` for `write_model_card` from `evaluate_answers`' records (a split that
+    has questions and no captions). `questions` (the answered rows, same order) lends each its image;
+    failures are the `count` answers with the lowest VQA accuracy below 1 (box answers are not ranked)."""
+    if not records:
+        return {}
+    rows = list(questions) if questions is not None else [{} for _ in records]
+
+    def example(index: int) -> dict[str, Any]:
+        record, row = records[index], rows[index]
+        image = row.get("image") or (row.get("images") or [None])[0]
+        return {"id": record.get("id"), "question": record["question"], "prediction": record["prediction"],
+                "references": record["answers"], "score": record.get("accuracy"), "image": image}
+
+    scored = [i for i, r in enumerate(records) if r.get("accuracy") is not None and r["accuracy"] < 1.0]
+    failures = [example(i) for i in sorted(scored, key=lambda i: (records[i]["accuracy"], i))[:count]]
+    return {"examples": [example(i) for i in range(min(count, len(records)))], "failures": failures,
+            "failure_criterion": "VQA accuracy against the reference answers"}
+
+
 def _examples_table(folder: Path, examples: Sequence[Mapping[str, Any]], stem: str, score: bool = False) -> str:
     """A Markdown table of examples; their images are saved under `folder/examples/`."""
     header = "| image | prediction | reference |" + (" score |" if score else "")
@@ -290,6 +346,9 @@ def write_model_card(
     failure_criterion: str = "lowest score first",
     hardware: str | None = None,
     license: str = "apache-2.0",
+    instruction_tuned: bool | None = None,
+    trained_tasks: Sequence[str] | None = None,
+    formats: Sequence[str] | None = None,
 ) -> Path:
     """Renders the card into `folder/README.md` and returns its path.
 
@@ -304,6 +363,14 @@ def write_model_card(
             `caption` / `answer`), `references`, optional `image` (PIL), `id`, `question`.
         failures: the same form, the lowest-scoring ones (with `score`); `card_examples` makes both.
         hardware: what trained it; default: this machine (`describe_hardware`).
+        instruction_tuned: whether it answers questions; default: the model's
+            ``config.instruction_tuned`` (False without a model). The text follows it, never the results.
+        trained_tasks: what the training rows held (`minivlm.evaluation.tasks.data_tasks`: "captions",
+            "answers", "boxes"); default: read from the trainer's training set, else captions (and
+            answers when instruction-tuned).
+        formats: the training formats as named (`--dataset_format`), shown beside the data.
+
+    The model-index lists exactly the results given in `metrics`: what was evaluated.
 
     YAML metadata: `library_name: transformers`, `pipeline_tag: image-text-to-text`, `base_model`,
     `datasets`, `metrics`, `license`, tags and the `model-index` of every numeric result.
@@ -316,21 +383,31 @@ def write_model_card(
     hub_id = getattr(args, "hub_model_id", None) or folder.resolve().name
     model_name = hub_id.split("/")[-1]
     results = normalize_results(metrics, decoding, dataset)
-    answers_questions = "answers" in results or "boxes" in results
-    metric_names = list(CAPTION_METRICS)
+    if instruction_tuned is None:
+        instruction_tuned = bool(getattr(getattr(model, "config", None), "instruction_tuned", False))
+    if trained_tasks is None and getattr(trainer, "train_dataset", None) is not None:
+        from minivlm.evaluation.tasks import data_tasks
+
+        trained_tasks = data_tasks(trainer.train_dataset)
+    if trained_tasks is None:
+        trained_tasks = ["captions", "answers"] if instruction_tuned else ["captions"]
+    trains_captions = "captions" in trained_tasks
+    trains_boxes = "boxes" in trained_tasks
+    metric_names = list(CAPTION_METRICS) if "captions" in results else []
     for entry in results.values():
         metric_names += [name for name in entry["metrics"] if name not in metric_names
                          and not re.fullmatch(r"(bleu_\d|rouge_l|meteor|cider)", name)]
-    tags = ["minivlm", "image-captioning", "image-to-text", "vision-language", "custom_code"]
-    if answers_questions:
-        tags += ["visual-question-answering", "grounding"]
+    tags = ["minivlm", "image-to-text", "vision-language", "custom_code"]
+    tags += ["image-captioning"] if trains_captions else []
+    tags += ["visual-question-answering"] if instruction_tuned else []
+    tags += ["grounding"] if trains_boxes else []
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-text-to-text",
         license=license,
         base_model=base_model or None,
         datasets=[dataset] if _is_hub_dataset(dataset) else None,
-        metrics=metric_names,
+        metrics=metric_names or None,
         tags=tags,
         model_name=model_name,
         eval_results=eval_results(results) or None,
@@ -351,19 +428,24 @@ def write_model_card(
         dataset_description=dataset_label,
         num_train_examples=num_train_examples,
         freeze=freeze,
-        epochs=getattr(args, "num_train_epochs", ""),
+        epochs_trained=_epochs(trainer.state.epoch if trainer is not None else None),
         learning_rate=getattr(args, "learning_rate", ""),
         batch_size=getattr(args, "per_device_train_batch_size", ""),
         precision="bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32",
         global_step=trainer.state.global_step if trainer is not None else 0,
         final_loss=f"{losses[-1]:.4f}" if losses else "n/a",
         results=format_results(results),
-        answers_questions=answers_questions,
+        instruction_tuned=instruction_tuned,
+        trains_captions=trains_captions,
+        trains_boxes=trains_boxes,
+        evaluated_answers="answers" in results or "boxes" in results,
+        data_description=_data_description(trained_tasks),
+        formats=list(formats or []),
         examples=_examples_table(folder, examples, "example") if examples else "",
         failures=_examples_table(folder, failures, "failure", score=True) if failures else "",
         failure_criterion=failure_criterion,
         hardware=hardware or describe_hardware(),
-        training_time=_training_time(history),
+        training_time=_training_time(trainer),
         year=datetime.date.today().year,
     )
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,12 +25,15 @@ from minivlm.data.loading import caption_column_argument, load_dataset_splits
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features
 from minivlm.data.tokenizer import build_word_level_tokenizer
 
-from minivlm.evaluation.captioning import DEFAULT_DECODING
+from minivlm.data.loading import shapes_objects
+from minivlm.evaluation.answering import ANSWER_DECODING, QUESTION_SCORE_KEYS
+from minivlm.evaluation.captioning import DEFAULT_DECODING, SCORE_KEYS
+from minivlm.evaluation.tasks import data_tasks, scores_by_task
 from .lora import apply_lora_from_args, check_lora_arguments, merge_into_trainer
-from .model_card import card_examples, write_model_card
+from .model_card import answer_examples, card_examples, write_model_card
 from . import guards
 from .presets import PRESETS
-from .callbacks import CaptionEpochCallback, CaptionEvalCallback, GracefulStopCallback
+from .callbacks import CaptionEpochCallback, CaptionEvalCallback, GracefulStopCallback, TrainingTimeCallback
 from .trainer import EXIT_STOPPED, MiniVLMTrainer, last_complete_checkpoint
 from .trainer import MiniVLMTrainingArguments as TrainingArguments
 
@@ -261,7 +264,10 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
     train_dataset, eval_dataset = load_data(data_args, training_args.seed)
     model, processor = build_model(model_args, train_dataset, data_args)
     apply_freezing(model, model_args.freeze)
-    if "messages" in train_dataset.column_names:  # questions and answers, not only captions
+    # What the rows hold, not which columns exist: a caption set in the training view (a mixture,
+    # or --dataset_format captions) carries an empty `messages` column and teaches no answers.
+    trained_tasks = data_tasks(train_dataset)
+    if "answers" in trained_tasks:  # questions and answers, not only captions
         model.config.instruction_tuned = True
     model = apply_lora_from_args(model, model_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -296,16 +302,22 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
         "num_train_examples": len(train_dataset),
         "prompt": data_args.prompt,
         "freeze": model_args.freeze,
+        "trained_tasks": trained_tasks,
+        "formats": _formats(data_args, train_dataset),
     }
     stopper = GracefulStopCallback()
+    clock = TrainingTimeCallback()
     extra_callbacks = list(callbacks or [])
     caption_eval = None
     if data_args.caption_eval_samples > 0 and eval_dataset is not None:
+        first = [name.strip() for name in data_args.dataset.split(",")][0]
         caption_eval = CaptionEvalCallback(
             processor, eval_dataset, max_samples=data_args.caption_eval_samples, prompt=data_args.prompt,
             batch_size=training_args.per_device_eval_batch_size,
             questions=load_eval_questions(data_args, data_args.caption_eval_samples),
+            objects=shapes_objects(data_args.shapes_dir if first == "shapes" else first, data_args.eval_split),
         )
+        _check_best_metric(training_args.metric_for_best_model, caption_eval)
         extra_callbacks.insert(0, caption_eval)  # before any early stopping that reads its metrics
     trainer = MiniVLMTrainer(
         model=model,
@@ -314,7 +326,7 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         data_collator=collator,
         processing_class=processor,
-        callbacks=[CaptionEpochCallback(collator), stopper, *extra_callbacks],
+        callbacks=[CaptionEpochCallback(collator), stopper, clock, *extra_callbacks],
         model_card=lambda folder: write_model_card(folder, trainer=trainer, **card_context),
     )
 
@@ -331,10 +343,11 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
         merge_into_trainer(trainer)
     trainer.save_model()
     if caption_eval is not None:
-        card_context["metrics"] = caption_eval.compute(trainer.model)
-        card_context["decoding"] = {"split": data_args.eval_split, "images": len(caption_eval.dataset),
-                                    **DEFAULT_DECODING, **caption_eval.decoding, "prompt": data_args.prompt}
-        card_context.update(card_examples(caption_eval.last_predictions, caption_eval.dataset))
+        card_context["metrics"] = _results_by_task(caption_eval.compute(trainer.model), caption_eval, data_args)
+        if caption_eval.last_predictions:
+            card_context.update(card_examples(caption_eval.last_predictions, caption_eval.dataset))
+        else:
+            card_context.update(answer_examples(caption_eval.last_answers, caption_eval.questions))
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
         write_model_card(training_args.output_dir, trainer=trainer, **card_context)  # a saved folder has its card
@@ -358,6 +371,41 @@ def _preprocesses_images(data_args, training_args, model_args, train_dataset, pr
     if data_args.preprocess_images:
         return True
     return preprocessed_size(train_dataset, processor) <= PREPROCESS_AUTO_BYTES
+
+
+def _formats(data_args: DataArguments, train_dataset) -> list[str]:
+    """The training formats as named by `--dataset_format` ("captions" for a plain caption run; none for
+    auto-detected ones: the card then describes the data by its tasks alone)."""
+    if "messages" not in train_dataset.column_names:
+        return ["captions"]
+    named = [f.strip() for f in (data_args.dataset_format or "").split(",") if f.strip() and f.strip() != "auto"]
+    return list(dict.fromkeys(named))
+
+
+def _check_best_metric(metric: str | None, caption_eval: CaptionEvalCallback) -> None:
+    """Stops before training when --metric_for_best_model names a score the evaluation split cannot give
+    (eval_cider on a split without captions): the Trainer would fail at its first evaluation."""
+    if not metric:
+        return
+    name = metric[len("eval_"):] if metric.startswith("eval_") else metric
+    known = {*SCORE_KEYS, "shapes_accuracy", *QUESTION_SCORE_KEYS}
+    if name in known and name not in caption_eval.metric_names:
+        has = ", ".join(f"eval_{n}" for n in caption_eval.metric_names) or "none"
+        raise ValueError(f"--metric_for_best_model {metric}: the evaluation split cannot give it (its scores: {has}, "
+                         "and eval_loss). Pick one of those, or an evaluation split that has what you want to score.")
+
+
+def _results_by_task(scores: dict[str, float], caption_eval: CaptionEvalCallback, data_args: DataArguments) -> dict:
+    """The final scores as the card lists them: per task, with the split, the decoding and the number of examples."""
+    results = {}
+    for task, metrics in scores_by_task(scores).items():
+        if task == "captions":
+            decoding = {**DEFAULT_DECODING, **caption_eval.decoding, "prompt": data_args.prompt}
+            count = len(caption_eval.dataset)
+        else:
+            decoding, count = dict(ANSWER_DECODING), len(caption_eval.questions)
+        results[task] = {"metrics": metrics, "split": data_args.eval_split, "decoding": decoding, "num_examples": count}
+    return results
 
 
 def leave_process_group() -> None:
