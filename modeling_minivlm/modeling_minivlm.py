@@ -23,6 +23,7 @@ from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
 
+from .adapters_minivlm import MiniVLMAdapterMixin
 from .configuration_minivlm import MiniVLMConfig
 from .image_cache_minivlm import ImagePrefix, encode_image_prefix, generate_with_prefix
 
@@ -335,7 +336,7 @@ def _embedding_name(language_model: nn.Module) -> str:
     return next(name for name, module in language_model.named_modules() if module is embeddings)
 
 
-class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
+class MiniVLMForConditionalGeneration(MiniVLMAdapterMixin, MiniVLMPreTrainedModel, GenerationMixin):
     """MiniVLM for captioning and image-conditioned generation: [`MiniVLMModel`] + `lm_head`.
 
     `lm_head` is tied to the text model's input embeddings when the text config ties them.

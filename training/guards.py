@@ -52,7 +52,8 @@ _PROJECT_FILES = (
     "train_results.json", "eval_results.json", "processor_config.json", "preprocessor_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
     "chat_template.json", "configuration_minivlm.py", "modeling_minivlm.py", "processing_minivlm.py",
-    "pipeline_minivlm.py", "README.md", RECORD_NAME,
+    "pipeline_minivlm.py", "adapters_minivlm.py", "tasks_minivlm.py", "image_cache_minivlm.py", "image_loading.py",
+    "minivlm_adapter_base.json", "README.md", RECORD_NAME,
 )
 _PROJECT_FOLDERS = ("_vision_features", "last-checkpoint")
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-\d+$")
