@@ -1,8 +1,11 @@
 """MiniVLM: a vision encoder, an MLP projector and a causal LM, as a Hub-native transformers model.
 
-This folder is the installed `minivlm` package. Its four module files ship to the Hub verbatim
-as remote code (`configuration_minivlm.py`, `modeling_minivlm.py`, `processing_minivlm.py`,
-`pipeline_minivlm.py`: torch, transformers and relative imports only). This file is not shipped:
+This folder is the installed `minivlm` package. Its module files ship to the Hub verbatim as
+remote code (`configuration_minivlm.py`, `modeling_minivlm.py`, `processing_minivlm.py`,
+`pipeline_minivlm.py` and the siblings they import: `image_loading.py`, `image_cache_minivlm.py`,
+`tasks_minivlm.py` (caption/query/detect), `grounding_minivlm.py` (boxes as text),
+`adapters_minivlm.py` (LoRA adapters checked against their base); torch, transformers and
+relative imports only). This file is not shipped:
 it registers the classes with the Auto classes, for local use and so that `save_pretrained`
 writes `auto_map` and copies the code.
 
