@@ -83,6 +83,11 @@ class MiniVLMTasksMixin:
 
     # -- generation, with the image encoded once --------------------------------------------------
     def _task_inputs(self, image, text: str, processor):
+        if isinstance(image, (list, tuple)):
+            raise ValueError(
+                f"got {len(image)} images; the helpers take one image at a time. Caption many with "
+                "pipeline('image-to-text')(images, batch_size=...) or model.generate(**processor(images=[...]))."
+            )
         inputs = processor(images=image, text=text, return_tensors="pt")
         return inputs["input_ids"], inputs["pixel_values"]
 
@@ -92,6 +97,9 @@ class MiniVLMTasksMixin:
             state.pixel_values is not None
             and state.pixel_values.shape == pixel_values.shape
             and torch.equal(state.pixel_values, pixel_values)
+            # features of this model as it is now (not from before a .to(device) or a dtype change)
+            and state.vision_features.device == self.device
+            and state.vision_features.dtype == self.vision_tower.dtype
         )
         if not same:
             state.vision_features = self.get_vision_features(pixel_values.to(self.device))
@@ -183,6 +191,8 @@ class MiniVLMTasksMixin:
         """
         if not isinstance(object, str) or not object.strip():
             raise ValueError(f"object must name what to find (e.g. 'red circle'), got {object!r}.")
+        if prompt.count("{}") != 1:
+            raise ValueError(f"prompt must hold one '{{}}' where the object goes (e.g. {DETECT_PROMPT!r}), got {prompt!r}.")
         processor = self.task_processor(processor)
         loaded = processor.load_image(image)  # its size for pixel coordinates; loaded once
         answer = self.query(loaded, prompt.format(object.strip()), processor=processor, **generate_kwargs)

@@ -75,10 +75,10 @@ def find_files(inputs: list[str], skip: Path | None = None) -> list[Path]:
 
 def check_arguments(args: CaptionArguments) -> None:
     """Refuses arguments that cannot work, before the model is loaded."""
-    if Path(args.output).exists() and not args.overwrite:
-        raise ValueError(f"{args.output} exists; pass --overwrite to replace it, or another --output.")
     if Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a folder; name a file, e.g. {Path(args.output) / 'captions.jsonl'}.")
+    if Path(args.output).exists() and not args.overwrite:
+        raise ValueError(f"{args.output} exists; pass --overwrite to replace it, or another --output.")
     for name in ("batch_size", "max_new_tokens", "num_beams"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")

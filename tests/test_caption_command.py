@@ -65,6 +65,8 @@ def test_an_existing_output_is_kept_unless_overwrite(photos, tmp_path, saved_mod
     with pytest.raises(ValueError, match="captions.jsonl exists; pass --overwrite"):
         main([str(photos), "--model", "no/such-model-is-loaded", "--output", str(out)])  # refused before loading
     assert out.read_text() == "precious\n"
+    with pytest.raises(ValueError, match="is a folder; name a file"):
+        main([str(photos), "--model", str(saved_model_dir), "--output", str(tmp_path)])
     main([str(photos / "img0.png"), "--model", str(saved_model_dir), "--output", str(out), "--overwrite", "true",
           "--max_new_tokens", "2"])
     assert [row["file"] for row in read_jsonl(out)] == [str(photos / "img0.png")]

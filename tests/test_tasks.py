@@ -75,6 +75,13 @@ def test_detect_repairs_or_drops_invalid_boxes_and_gives_pixels(loaded, monkeypa
     assert valid_box((0, 0, 1000, 1000)) == (0, 0, 1000, 1000) and valid_box((-1, 0, 10, 10)) is None
     with pytest.raises(ValueError, match="object must name what to find"):
         loaded.detect(image, "")
+    with pytest.raises(ValueError, match="prompt must hold one '\\{\\}' where the object goes"):
+        loaded.detect(image, "red circle", prompt="find it")  # the object would be left out of the question
+
+
+def test_a_list_of_images_is_refused_not_answered_for_the_first_only(loaded):
+    with pytest.raises(ValueError, match="got 2 images; the helpers take one image at a time"):
+        loaded.caption(make_images(2))
 
 
 def test_one_image_is_encoded_once_across_calls(saved_model_dir):
@@ -92,6 +99,10 @@ def test_one_image_is_encoded_once_across_calls(saved_model_dir):
     model.caption(other, max_new_tokens=4)
     assert calls[0] == 4  # another image is encoded again, never answered from the first one's encoding
     assert model.caption(image, max_new_tokens=4) == first
+    assert calls[0] == 5  # back to the first image: encoded again (one image's encoding is kept)
+    model.to(torch.float64)  # features of the model as it was are not reused for the model as it is
+    model.caption(image, max_new_tokens=4)
+    assert calls[0] == 6
 
 
 def test_the_processor_is_loaded_from_where_the_model_came_from_or_passed(saved_model_dir, processor, images):
