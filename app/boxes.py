@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from minivlm.data.grounding import BOX_PATTERN, GRID
+from minivlm.data.grounding import BOX_PATTERN, GRID, valid_box
 
 # Words that describe the box before it: "the red circle [..]" → "red circle".
 _LABEL_STOPWORDS = {"a", "an", "the", "is", "at", "in", "of", "and", "it", "its", "there", "are", "on", "with"}
@@ -45,16 +45,12 @@ def parse_boxes(text: str) -> list[Box]:
     boxes = []
     start = 0
     for match in BOX_PATTERN.finditer(text):
-        x1, y1, x2, y2 = (float(v) for v in match.groups())
         label = _label(text[start : match.start()])
         start = match.end()
-        if max(x1, y1, x2, y2) > GRID or min(x1, y1, x2, y2) < 0:
+        box = valid_box(match.groups())  # corners put in order; off-grid or flat boxes are None
+        if box is None:
             continue
-        x1, x2 = sorted((x1, x2))
-        y1, y2 = sorted((y1, y2))
-        if x2 - x1 <= 0 or y2 - y1 <= 0:
-            continue
-        boxes.append(Box(x1, y1, x2, y2, label))
+        boxes.append(Box(*(float(v) for v in box), label))
     return boxes
 
 

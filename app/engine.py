@@ -269,6 +269,22 @@ class ChatModel:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(loaded.to(device), processor, name=kwargs.pop("name", _short_name(model)), **kwargs)
 
+    # -- what the model understands -------------------------------------------------------
+    def known_words(self, limit: int = 500) -> list[str] | None:
+        """The words a word-level vocabulary knows (special tokens left out), sorted; None for a vocabulary
+        that reads any text (byte-level, no unknown token) or one too large to list (over `limit`)."""
+        tokenizer = self.processor.tokenizer
+        if getattr(tokenizer, "unk_token_id", None) is None:
+            return None
+        special = set(tokenizer.all_special_tokens) | {getattr(self.processor, "image_token", "<image>")}
+        words = sorted(word for word in tokenizer.get_vocab() if word not in special)
+        return words if len(words) <= limit else None
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` the model reads as its unknown token (see `MiniVLMProcessor.unknown_words`)."""
+        finder = getattr(self.processor, "unknown_words", None)  # a processor saved before it existed has none
+        return finder(text) if finder is not None else []
+
     # -- prompts ------------------------------------------------------------------------
     def _messages(self, conversation: Conversation, question: str | None) -> list[dict]:
         """The chat messages of a caption request (question None) or of the next answer."""

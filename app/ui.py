@@ -40,18 +40,37 @@ CSS = """
 """
 
 
-def shapes_examples(folder: str | Path, count: int = 6, image_size: int = 64) -> list[str]:
-    """Writes `count` held-out shapes images (the demo's test split, seed 0) as PNGs; returns their paths."""
+# The kinds of question the shapes set asks, in the order the examples cycle through them.
+EXAMPLE_QUESTION_TYPES = ("colour", "where", "box", "count", "exists", "objects")
+
+
+def shapes_examples(folder: str | Path, count: int = 6, image_size: int = 64) -> list[tuple[str, str]]:
+    """Writes `count` held-out shapes images (the demo's test split, seed 0) as PNGs.
+
+    Returns `(path, question)` pairs: beside each image one of the questions the set asks about it
+    (in the words a model trained on it knows), a different kind for each image where it has one.
+    """
     from minivlm.data.shapes import make_shapes_examples
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for example in make_shapes_examples(count, image_size=image_size, seed=0, split="test"):
+    pairs = []
+    for index, example in enumerate(make_shapes_examples(count, image_size=image_size, seed=0, split="test")):
         path = folder / f"{example['id']}.png"
         example["image"].save(path)
-        paths.append(str(path))
-    return paths
+        wanted = EXAMPLE_QUESTION_TYPES[index % len(EXAMPLE_QUESTION_TYPES)]
+        questions = example["questions"]
+        question = next((q for q in questions if q["type"] == wanted), questions[0] if questions else None)
+        pairs.append((str(path), question["question"] if question else ""))
+    return pairs
+
+
+def _unknown_note(chat_model: ChatModel, question: str) -> str:
+    unknown = chat_model.unknown_words(question)
+    if not unknown:
+        return ""
+    return (f" Not in the model's vocabulary, read as unknown: {', '.join(unknown)}"
+            " (see \"Words this model knows\").")
 
 
 def _status(kind: str, reply: Reply) -> str:
@@ -76,8 +95,12 @@ def _boxes_view(conversation: Conversation, reply: Reply):
     return gr.Image(value=draw_boxes(conversation.image, reply.boxes), visible=True)
 
 
-def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.Blocks:
-    """The page: returns a `gr.Blocks` to `launch()`; `examples` are image paths shown under the image."""
+def build_demo(chat_model: ChatModel, examples: list[tuple[str, str] | str] | None = None) -> gr.Blocks:
+    """The page: returns a `gr.Blocks` to `launch()`.
+
+    `examples` are shown under the image: `(image path, question)` pairs (the question fills the
+    question box of a chat model) or image paths.
+    """
 
     def decoding(strategy, max_new_tokens, num_beams, temperature, top_p) -> Decoding:
         # Raw values: the engine checks them against LIMITS (a request need not come from the sliders).
@@ -133,7 +156,8 @@ def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.B
             raise gr.Error("Type a question about the image.", title="Empty question", print_exception=False)
         for update in streamed(conversation, question, settings):
             if isinstance(update, Reply):
-                yield _chat_messages(conversation), "", _boxes_view(conversation, update), _status("Answer", update)
+                yield (_chat_messages(conversation), "", _boxes_view(conversation, update),
+                       _status("Answer", update) + _unknown_note(chat_model, question))
             else:
                 yield _chat_messages(conversation, (question, update)), "", gr.Image(), "Answering…"
 
@@ -184,7 +208,19 @@ def build_demo(chat_model: ChatModel, examples: list[str] | None = None) -> gr.B
                 temperature = gr.Slider(*LIMITS["temperature"], value=0.7, step=0.05, label="Temperature (sampling)")
                 top_p = gr.Slider(*LIMITS["top_p"], value=0.9, step=0.05, label="Top-p (sampling)")
         if examples:
-            gr.Examples(examples=[[path] for path in examples], inputs=[image], label="Examples: the shapes set")
+            pairs = [(item, "") if isinstance(item, (str, Path)) else tuple(item) for item in examples]
+            if chat_model.chat and any(question for _, question in pairs):
+                gr.Examples(examples=[[str(path), question] for path, question in pairs], inputs=[image, question],
+                            label="Examples: the shapes set, with a question the model was trained to answer")
+            else:
+                gr.Examples(examples=[[str(path)] for path, _ in pairs], inputs=[image],
+                            label="Examples: the shapes set")
+        words = chat_model.known_words()
+        if words is not None:
+            with gr.Accordion(f"Words this model knows ({len(words)})", open=False):
+                gr.Markdown("Its tokenizer reads only these words; any other word becomes one unknown token "
+                            "that the model cannot tell apart from others.\n\n" + " ".join(f"`{word}`" for word in words),
+                            elem_id="vocabulary")
 
         settings = [strategy, max_new_tokens, num_beams, temperature, top_p]
         image.change(on_image, [image, *settings], [caption, conversation, chatbot, boxes, status],

@@ -2,9 +2,11 @@
 
 This folder is the installed `minivlm` package. Its module files ship to the Hub verbatim as
 remote code (`configuration_minivlm.py`, `modeling_minivlm.py`, `processing_minivlm.py`,
-`pipeline_minivlm.py` and the siblings they import, such as `image_loading.py`: torch,
-transformers and relative imports only; `minivlm.training.guards.shipped_code_files` lists them
-as `save_pretrained` finds them). This file is not shipped:
+`pipeline_minivlm.py` and the siblings they import: `image_loading.py`, `image_cache_minivlm.py`,
+`tasks_minivlm.py` (caption/query/detect), `grounding_minivlm.py` (boxes as text),
+`adapters_minivlm.py` (LoRA adapters checked against their base); torch, transformers and relative
+imports only; `minivlm.training.guards.shipped_code_files` lists them as `save_pretrained` finds
+them). This file is not shipped:
 it registers the classes with the Auto classes, for local use and so that `save_pretrained`
 writes `auto_map` and copies the code.
 

@@ -23,8 +23,10 @@ from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
 
+from .adapters_minivlm import MiniVLMAdapterMixin
 from .configuration_minivlm import MiniVLMConfig
 from .image_cache_minivlm import ImagePrefix, encode_image_prefix, generate_with_prefix
+from .tasks_minivlm import MiniVLMTasksMixin
 
 # Imported so that `save_pretrained` ships the pipeline file beside this one (transformers
 # copies a module's relative imports): config.custom_pipelines points at it.
@@ -335,8 +337,10 @@ def _embedding_name(language_model: nn.Module) -> str:
     return next(name for name, module in language_model.named_modules() if module is embeddings)
 
 
-class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
+class MiniVLMForConditionalGeneration(MiniVLMTasksMixin, MiniVLMAdapterMixin, MiniVLMPreTrainedModel, GenerationMixin):
     """MiniVLM for captioning and image-conditioned generation: [`MiniVLMModel`] + `lm_head`.
+
+    `caption`, `query` and `detect` (`tasks_minivlm.py`) wrap the processor and `generate` for one image.
 
     `lm_head` is tied to the text model's input embeddings when the text config ties them.
     `vision_tower`, `multi_modal_projector` and `language_model` are reachable here too, as on

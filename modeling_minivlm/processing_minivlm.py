@@ -1,6 +1,6 @@
 """MiniVLMProcessor: images and text in, model inputs out; generated ids in, captions out.
 
-Ships to the Hub verbatim as remote code: it imports transformers, PIL and numpy only.
+Ships to the Hub verbatim as remote code: it imports transformers, PIL, numpy and its siblings only.
 """
 
 import re
@@ -9,8 +9,12 @@ import numpy as np
 from PIL import Image, ImageOps
 from transformers import BatchFeature, ProcessorMixin
 from transformers.processing_utils import ProcessingKwargs, Unpack
+from transformers.utils import logging
 
 from .image_loading import load_image, short
+
+
+logger = logging.get_logger(__name__)
 
 
 # Role-based, and built so that captioning is the one-turn case of chat. User (and system) turns
@@ -144,6 +148,7 @@ class MiniVLMProcessor(ProcessorMixin):
         if chat_template is None:
             chat_template = DEFAULT_CHAT_TEMPLATE
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        self._warned_unknown: set[frozenset] = set()
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(
@@ -351,6 +356,46 @@ class MiniVLMProcessor(ProcessorMixin):
                 )
         return groups
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The pieces of `text` the tokenizer reads as its unknown token, in order, each once.
+
+        A word-level tokenizer (the tiny models') knows only the words it was built from: any other
+        word becomes `<unk>` and the model cannot tell it from any other unknown word. Byte-level
+        tokenizers have no unknown token: for them this is always empty.
+        """
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if unk is None or not text:
+            return []
+        text = text.replace(self.image_token, " ")
+        try:
+            encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, ValueError):  # a slow tokenizer has no offsets: tokens are all we have
+            tokens = self.tokenizer.tokenize(text)
+            return ["<unknown>"] if self.tokenizer.unk_token in tokens else []
+        words = [text[start:end] for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"])
+                 if token == unk]
+        return list(dict.fromkeys(word for word in words if word.strip()))
+
+    def _warn_unknown_words(self, texts: list[str], input_ids) -> None:
+        """Warns once per set of words when texts hold words the tokenizer reads as its unknown token."""
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if unk is None:
+            return
+        words = []
+        for text, ids in zip(texts, input_ids):
+            if unk in ids:
+                words += self.unknown_words(text)
+        key = frozenset(words)
+        if not words or key in self._warned_unknown:
+            return
+        self._warned_unknown.add(key)
+        words = list(dict.fromkeys(words))
+        logger.warning(
+            "%d word(s) of the text are not in the tokenizer's vocabulary and are read as %s, which the model cannot "
+            "tell apart: %s. Rephrase with words it knows: processor.tokenizer.get_vocab() lists them.",
+            len(words), self.tokenizer.unk_token, ", ".join(repr(word) for word in words),
+        )
+
     @property
     def image_tokens(self) -> str:
         """The text one image becomes: `image_token` × `image_seq_length` (what each `<image>` expands to)."""
@@ -444,6 +489,7 @@ class MiniVLMProcessor(ProcessorMixin):
             text_inputs = self._encode_marked(text, text_kwargs, return_tensors)
         else:
             text_inputs = self.tokenizer(text, return_tensors=return_tensors, **text_kwargs)
+        self._warn_unknown_words(list(text), text_inputs["input_ids"])
         if images is not None and text_kwargs.get("truncation"):
             for i, (ids, group) in enumerate(zip(text_inputs["input_ids"], groups)):
                 if list(ids).count(self.image_token_id) != len(group) * self.image_seq_length:

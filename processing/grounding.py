@@ -2,9 +2,10 @@
 
 As Qwen-VL does, a box is plain text the tokenizer already has, not added location tokens: the
 corners are relative to the image (0 = left/top edge, 1000 = right/bottom edge), so a box means
-the same on any image size and any resize the image processor does. `format_box` writes one,
-`parse_boxes` reads every box out of generated text (any integers, any spacing, so also the
-`[ 120, 80, 400, 360 ]` a word-level tokenizer decodes to), and `draw_boxes` draws them.
+the same on any image size and any resize the image processor does. `format_box` writes one and
+`draw_boxes` draws them; reading boxes back (`parse_boxes`, `valid_box`, `grid_to_pixels`, the
+grid and the pattern) lives in the shipped `minivlm.grounding_minivlm`, re-exported here, so that
+the model's `detect` on the Hub and the project read boxes the same way.
 
     format_box((12, 8, 40, 36), image_size=(64, 64))   # "[190, 130, 630, 560]"
     parse_boxes("the circle is at [190, 130, 630, 560]")  # [(190, 130, 630, 560)]
@@ -12,15 +13,14 @@ the same on any image size and any resize the image processor does. `format_box`
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
 
-__all__ = ["GRID", "BOX_PATTERN", "box_to_grid", "grid_to_pixels", "format_box", "parse_boxes", "draw_boxes"]
+from minivlm.grounding_minivlm import BOX_PATTERN, GRID, grid_to_pixels, parse_boxes, valid_box
 
-GRID = 1000
-BOX_PATTERN = re.compile(r"\[\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
+__all__ = ["GRID", "BOX_PATTERN", "box_to_grid", "grid_to_pixels", "format_box", "parse_boxes", "valid_box",
+           "draw_boxes"]
 
 
 def box_to_grid(box: Sequence[float], image_size: tuple[int, int], step: int = 1) -> tuple[int, int, int, int]:
@@ -36,21 +36,10 @@ def box_to_grid(box: Sequence[float], image_size: tuple[int, int], step: int = 1
     return tuple(min(GRID, max(0, int(round(v * GRID / step)) * step)) for v in scaled)
 
 
-def grid_to_pixels(box: Sequence[float], image_size: tuple[int, int]) -> tuple[float, float, float, float]:
-    """A 0–1000 grid box back to pixel coordinates of an image of `image_size` `(width, height)`."""
-    width, height = image_size
-    return (box[0] * width / GRID, box[1] * height / GRID, box[2] * width / GRID, box[3] * height / GRID)
-
-
 def format_box(box: Sequence[float], image_size: tuple[int, int] | None = None, step: int = 1) -> str:
     """The text of one box: `[x1, y1, x2, y2]`. Without `image_size`, `box` is already on the grid."""
     grid = box_to_grid(box, image_size, step) if image_size is not None else tuple(int(v) for v in box)
     return "[" + ", ".join(str(v) for v in grid) + "]"
-
-
-def parse_boxes(text: str) -> list[tuple[int, int, int, int]]:
-    """Every `[x1, y1, x2, y2]` box in `text`, in order, as integer tuples (grid units, not checked)."""
-    return [tuple(int(v) for v in match.groups()) for match in BOX_PATTERN.finditer(text)]
 
 
 def draw_boxes(

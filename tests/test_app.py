@@ -324,3 +324,46 @@ def test_an_instruction_tuned_config_turns_the_chat_on_and_a_captioner_stays_cap
     assert not template_has_generation_prompt(processor) and not ChatModel(model, processor).chat
     model.config.instruction_tuned = True
     assert ChatModel(model, processor).chat
+
+
+# -- what the model understands ---------------------------------------------------------------------
+def test_examples_pair_each_image_with_a_question_in_the_sets_words(tmp_path):
+    pytest.importorskip("gradio", reason="the page needs gradio: pip install -e '.[app]'")
+    from minivlm.app import ui
+
+    pairs = ui.shapes_examples(tmp_path, count=6, image_size=64)
+    assert len(pairs) == 6 and all(Path(path).is_file() for path, _ in pairs)
+    examples = make_shapes_examples(6, image_size=64, seed=0, split="test")
+    for (path, question), example in zip(pairs, examples):
+        assert question in [q["question"] for q in example["questions"]]  # a question the set asks of this image
+    assert pairs[0][1].startswith("what colour") or pairs[0][1] == examples[0]["questions"][0]["question"]
+    assert len({question.split()[0] for _, question in pairs}) >= 3  # several kinds of question, not one
+
+
+def test_the_page_lists_known_words_and_names_unknown_ones(monkeypatch):
+    gr = pytest.importorskip("gradio", reason="the page needs gradio: pip install -e '.[app]'")
+    from minivlm.app import ui
+
+    model, processor = make_chat_parts()
+    chat = ChatModel(model, processor, max_new_tokens=2)
+    words = chat.known_words()
+    assert "colour" in words and "circle" in words and "color" not in words
+    assert not {"<image>", processor.tokenizer.unk_token, processor.tokenizer.eos_token} & set(words)
+    assert chat.unknown_words("What color is the circle?") == ["color"]  # the tokenizer lowercases: "What" is known
+    assert "read as unknown: color (" in ui._unknown_note(chat, "What color is the circle?")
+    assert ui._unknown_note(chat, "what colour is the shape?") == ""
+    page = build_page_text(ui.build_demo(chat, [("a.png", "what colour is the shape?")]))
+    assert f"Words this model knows ({len(words)})" in page and "`colour`" in page
+    processor.tokenizer.unk_token = None  # a byte-level vocabulary reads any text: nothing to list
+    assert chat.known_words() is None and chat.unknown_words("what color") == []
+
+
+def build_page_text(demo) -> str:
+    """Every label and Markdown value of a built page, as text."""
+    texts = []
+    for block in demo.blocks.values():
+        for attribute in ("label", "value"):
+            value = getattr(block, attribute, None)
+            if isinstance(value, str):
+                texts.append(value)
+    return "\n".join(texts)

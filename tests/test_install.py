@@ -117,7 +117,7 @@ def test_console_commands_return_nothing_so_they_exit_0():
 
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == {"minivlm-train", "minivlm-evaluate", "minivlm-demo", "minivlm-benchmark", "minivlm-convert",
-                            "minivlm-app"}
+                            "minivlm-app", "minivlm-caption"}
     for command, target in scripts.items():
         module, name = target.split(":")
         function = getattr(importlib.import_module(module), name)

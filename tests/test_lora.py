@@ -2,6 +2,9 @@
 saved and loadable, merged logits equal adapter logits, resume, and the second stage on a saved
 captioning checkpoint."""
 
+import json
+import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -13,8 +16,10 @@ from test_training import InterruptAt, assert_same_weights, shapes_dir, tiny_arg
 from transformers import AutoModel, AutoProcessor, TrainerCallback, pipeline
 
 from minivlm import MiniVLMForConditionalGeneration
+from minivlm.adapters_minivlm import BASE_RECORD_NAME, base_weights_fingerprint
 from minivlm.training.lora import (
     ADAPTER_FILES, apply_lora, count_trainable, language_model_linear_layers, lora_targets, model_part,
+    resolve_adapter_base,
 )
 from minivlm.training.run import parse_args, train
 
@@ -242,3 +247,102 @@ def test_lora_run_refuses_to_resume_a_full_model_checkpoint(tmp_path, shapes_dir
         # The changed configuration is reported first; resuming it anyway reaches the LoRA check.
         train(*parse_args(tiny_argv(out, shapes_dir, "--model_name_or_path", str(captioner_dir), "--lora", "true",
                                     "--max_steps", "4", "--resume_changed_run", "true")))
+
+
+# -- adapter folders that know their base ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def relative_lora(tmp_path_factory, shapes_dir, captioner_dir):  # noqa: F811
+    """A LoRA run started in `work/` on the base typed as the relative path `outputs/full`."""
+    work = tmp_path_factory.mktemp("work")
+    shutil.copytree(captioner_dir, work / "outputs" / "full")
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        trainer = train(*parse_args(tiny_argv("outputs/lora", shapes_dir, "--model_name_or_path", "outputs/full",
+                                              "--lora", "true", "--lora_r", "4", "--max_steps", "2")))
+    finally:
+        os.chdir(cwd)
+    return work, trainer
+
+
+def lora_inputs(folder, shapes_dir):
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    image = sorted((Path(shapes_dir) / "test").glob("*.png"))[0]
+    return processor(images=str(image), text="a", return_tensors="pt")
+
+
+def test_lora_folder_loads_from_any_working_directory(relative_lora, shapes_dir, tmp_path, monkeypatch):  # noqa: F811
+    work, trainer = relative_lora
+    config = json.loads((work / "outputs" / "lora" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((work / "outputs" / "full").resolve())
+    record = json.loads((work / "outputs" / "lora" / BASE_RECORD_NAME).read_text())
+    assert record["base_model_name_or_path"] == "outputs/full" and record["base_model_relative_path"] == "../full"
+    monkeypatch.chdir(tmp_path)  # where "outputs/full" does not exist
+    inputs = lora_inputs(work / "outputs" / "lora", shapes_dir)
+    loaded = AutoModel.from_pretrained(work / "outputs" / "lora", trust_remote_code=True)
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, trainer.model(**inputs).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_moved_adapters_find_their_base_beside_them_or_name_it(relative_lora, tmp_path):
+    work, _ = relative_lora
+    moved = tmp_path / "moved"
+    shutil.copytree(work / "outputs", moved)  # both folders moved together (to another machine)...
+    config_path = moved / "lora" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = "/elsewhere/outputs/full"  # ...where the absolute path is stale
+    config_path.write_text(json.dumps(config))
+    assert resolve_adapter_base(moved / "lora") == str((moved / "full").resolve())
+    shutil.rmtree(moved / "full")
+    with pytest.raises(ValueError, match=r"trained on the base model folder /elsewhere/outputs/full, which does not exist here "
+                                         r"\(nor at .*moved/lora/\.\./full\)\. Copy the base model there, or set "
+                                         r"base_model_name_or_path in .*adapter_config.json"):
+        resolve_adapter_base(moved / "lora")
+
+
+def test_adapters_refuse_a_base_whose_weights_changed(relative_lora, tmp_path, shapes_dir):  # noqa: F811
+    work, _ = relative_lora
+    shutil.copytree(work / "outputs", tmp_path / "outputs")
+    config_path = tmp_path / "outputs" / "lora" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "outputs" / "full")
+    config_path.write_text(json.dumps(config))
+    base = MiniVLMForConditionalGeneration.from_pretrained(tmp_path / "outputs" / "full")
+    with torch.no_grad():
+        base.multi_modal_projector.linear_1.bias.add_(0.01)  # "retrained": one tensor differs
+    base.save_pretrained(tmp_path / "outputs" / "full")
+    with pytest.raises(ValueError, match="trained on other base weights than those loaded from outputs/full.*"
+                                         "point adapter_config.json's base_model_name_or_path at the original base"):
+        AutoModel.from_pretrained(tmp_path / "outputs" / "lora", trust_remote_code=True)
+    with pytest.raises(ValueError, match="trained on other base weights"):
+        train(*parse_args(tiny_argv(tmp_path / "again", shapes_dir, "--model_name_or_path",
+                                    str(tmp_path / "outputs" / "lora"), "--max_steps", "1")))
+
+
+def test_base_fingerprint_follows_values_not_names(model):
+    before = base_weights_fingerprint(model)
+    assert before == base_weights_fingerprint(model)
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] += 1e-3
+    assert base_weights_fingerprint(model)["sha256"] != before["sha256"]
+    renamed = torch.nn.Module()
+    renamed.other_name = model  # same tensors under other names
+    assert base_weights_fingerprint(renamed)["sha256"] == base_weights_fingerprint(model)["sha256"]
+
+
+def test_lora_folder_as_starting_model_trains_and_saves(relative_lora, tmp_path, shapes_dir):  # noqa: F811
+    work, trainer = relative_lora
+    lora = work / "outputs" / "lora"
+    with pytest.raises(ValueError, match="holds LoRA adapters: training starts from them merged into their base.*"
+                                         "add --merge_lora"):
+        train(*parse_args(tiny_argv(tmp_path / "refused", shapes_dir, "--model_name_or_path", str(lora),
+                                    "--lora", "true", "--max_steps", "1")))
+    out = tmp_path / "full-from-lora"
+    train(*parse_args(tiny_argv(out, shapes_dir, "--model_name_or_path", str(lora), "--max_steps", "2",
+                                "--learning_rate", "0")))  # saves at step 2 and at the end
+    inputs = lora_inputs(out, shapes_dir)
+    saved = AutoModel.from_pretrained(out, trust_remote_code=True)
+    trainer.model.eval()
+    with torch.no_grad():  # learning rate 0: the saved model is the adapted model, merged
+        torch.testing.assert_close(saved(**inputs).logits, trainer.model(**inputs).logits, atol=1e-5, rtol=1e-5)

@@ -238,3 +238,48 @@ def test_chat_template_assistant_mask_with_generation_markers(processor, tokeniz
     mask = mask.tolist() if hasattr(mask, "tolist") else list(mask)
     assert ids[:17] == [processor.image_token_id] * 17 and out["pixel_values"].shape == (1, 3, 32, 32)
     assert [i for i, m in zip(ids, mask) if m] == tokenizer("blue circle")["input_ids"]
+
+
+# -- words the tokenizer does not know -------------------------------------------------------------------
+def unknown_word_warnings(processor, *calls) -> list[str]:
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    lines = []
+    for call in calls:  # the logger of the processor's own module (the project's, or a saved folder's copy)
+        with CaptureLogger(logging.get_logger(type(processor).__module__)) as captured:
+            call()
+        lines += [line for line in captured.out.splitlines() if "not in the tokenizer's vocabulary" in line]
+    return lines
+
+
+def test_unknown_words_are_named_once_per_set(processor):
+    image = make_images(1)[0]
+    ask = lambda text: (lambda: processor(images=image, text=text))  # noqa: E731
+    # The conftest vocabulary has "circle" and "the" but not "What", "color" nor "is".
+    lines = unknown_word_warnings(processor, ask("What color is the circle?"), ask("What color is the circle?"),
+                                  ask("a red circle"), ask("is the zebra red"))
+    assert len(lines) == 2  # the repeated question warns once; known words never warn
+    assert "3 word(s)" in lines[0] and "'What', 'color', 'is'" in lines[0] and "<unk>" in lines[0]
+    assert "'is', 'zebra'" in lines[1]  # another set of words: warned again, naming all of them
+    assert processor.unknown_words("<image>a photo of a zebra") == ["zebra"]
+    assert processor.unknown_words("a red circle") == []
+
+
+def test_unknown_words_in_a_chat_and_a_pipeline_prompt_warn(processor, saved_model_dir):
+    from transformers import pipeline
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "where is the kangaroo"}]}]
+    image = make_images(1)[0]
+    lines = unknown_word_warnings(
+        processor, lambda: processor.apply_chat_template(messages, images=[image], tokenize=True, return_dict=True))
+    assert len(lines) == 1 and "'where', 'is', 'kangaroo'" in lines[0]
+    captioner = pipeline("image-to-text", model=str(saved_model_dir), trust_remote_code=True)
+    lines = unknown_word_warnings(captioner.processor, lambda: captioner(image, prompt="a snapshot of", max_new_tokens=2))
+    assert len(lines) == 1 and "'snapshot'" in lines[0]
+
+
+def test_byte_level_tokenizers_have_no_unknown_words(processor):
+    processor.tokenizer.unk_token = None  # as SmolLM's BPE: every byte is a token
+    assert processor.unknown_words("What color is the circle?") == []
+    assert unknown_word_warnings(processor, lambda: processor(images=make_images(1), text="What color")) == []

@@ -66,6 +66,10 @@ CHILD = textwrap.dedent(
         "digest_itt": weights_digest(model_itt),
         "generated": processor.post_process_image_text_to_text(ids[:, inputs["input_ids"].shape[1]:]),
         "pipeline": captioner(image_paths[0], max_new_tokens=6),
+        # the task helpers, from the folder's own files (processor found through config._name_or_path)
+        "caption": model.caption(image_paths[0], max_new_tokens=6),
+        "query_stream": "".join(model.query(image_paths[0], "a red", max_new_tokens=4, stream=True)),
+        "detect": model.detect(image_paths[0], "red circle", max_new_tokens=4)["text"],
     }
     json.dump(result, open(out_path, "w"))
     """
@@ -112,7 +116,8 @@ def local_reference(folder: Path, image_paths: list[str]) -> tuple[str, list[str
 
 def test_saved_folder_has_code_safetensors_and_auto_map(saved_model_dir):
     names = {p.name for p in saved_model_dir.iterdir()}
-    assert {"configuration_minivlm.py", "modeling_minivlm.py", "pipeline_minivlm.py", "processing_minivlm.py"} <= names
+    assert {"configuration_minivlm.py", "modeling_minivlm.py", "pipeline_minivlm.py", "processing_minivlm.py",
+            "tasks_minivlm.py", "grounding_minivlm.py", "adapters_minivlm.py"} <= names
     assert "model.safetensors" in names and not any(n.endswith((".bin", ".pt", ".pth", ".pkl")) for n in names)
     config = json.loads((saved_model_dir / "config.json").read_text())
     assert config["auto_map"] == {
@@ -136,6 +141,10 @@ def test_remote_code_loads_without_the_project(saved_model_dir, tmp_path):
     assert result["digest"] == result["digest_itt"] == digest
     assert result["generated"] == generated
     assert result["pipeline"] == [{"generated_text": first_caption}]
+    assert result["caption"] == first_caption
+    local = AutoModel.from_pretrained(saved_model_dir).eval()
+    assert result["query_stream"].strip() == local.query(image_paths[0], "a red", max_new_tokens=4)
+    assert result["detect"] == local.detect(image_paths[0], "red circle", max_new_tokens=4)["text"]
 
 
 def populate_hub_cache(folder: Path, hf_home: Path, repo_id: str = "org/minivlm") -> None:

@@ -29,7 +29,9 @@ from minivlm.data.loading import shapes_objects
 from minivlm.evaluation.answering import ANSWER_DECODING, QUESTION_SCORE_KEYS
 from minivlm.evaluation.captioning import DEFAULT_DECODING, SCORE_KEYS
 from minivlm.evaluation.tasks import data_tasks, scores_by_task
-from .lora import apply_lora_from_args, check_lora_arguments, merge_into_trainer
+from .lora import (
+    apply_lora_from_args, check_lora_arguments, is_adapter_folder, load_merged_adapter_folder, merge_into_trainer,
+)
 from .model_card import answer_examples, card_examples, write_model_card
 from . import guards
 from .presets import PRESETS
@@ -207,7 +209,11 @@ def build_model(
 
     attn = model_args.attn_implementation
     if model_args.model_name_or_path:
-        model = MiniVLMForConditionalGeneration.from_pretrained(model_args.model_name_or_path, attn_implementation=attn)
+        if is_adapter_folder(model_args.model_name_or_path):  # LoRA adapters: merged into their base
+            model = load_merged_adapter_folder(model_args.model_name_or_path, MiniVLMForConditionalGeneration,
+                                               attn_implementation=attn)
+        else:
+            model = MiniVLMForConditionalGeneration.from_pretrained(model_args.model_name_or_path, attn_implementation=attn)
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
         return model, processor
     config_kwargs = {

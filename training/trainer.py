@@ -33,7 +33,7 @@ from transformers.trainer_pt_utils import safe_globals
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import GracefulStopCallback  # noqa: F401  (re-exported: it was defined here)
-from .lora import load_adapter_checkpoint
+from .lora import load_adapter_checkpoint, write_base_record
 
 
 logger = logging.getLogger(__name__)
@@ -238,6 +238,12 @@ class MiniVLMTrainer(Trainer):
             return super()._load_best_model()
         logger.info("Loading best model from %s (score: %s).", self.state.best_model_checkpoint, self.state.best_metric)
         self._load_weights_via_from_pretrained(self.state.best_model_checkpoint)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.args.should_save and isinstance(model, PeftModel):  # adapters name their base and its fingerprint
+            write_base_record(model, output_dir if output_dir is not None else self.args.output_dir)
 
     def write_hub_files(self, output_dir: str) -> None:
         """Puts what a loadable Hub repo needs beside the weights the Trainer copies."""
