@@ -149,6 +149,18 @@ def _return_dict(config, return_dict: bool | None) -> bool:
     return return_dict if return_dict is not None else getattr(config, "return_dict", True)
 
 
+def _with_config_output_flags(config, kwargs: dict) -> dict:
+    """`kwargs` with `output_hidden_states` / `output_attentions` set: as passed, else the composite
+    config's flags. Each sub-model would otherwise read its own sub-config, and an explicit `None`
+    passed down overrides even that: `MiniVLMModel.from_pretrained(..., output_hidden_states=True)`
+    (a flag on this config) must reach the vision tower and the text model."""
+    kwargs = dict(kwargs)
+    for flag in ("output_hidden_states", "output_attentions"):
+        if kwargs.get(flag) is None:
+            kwargs[flag] = bool(getattr(config, flag, False))
+    return kwargs
+
+
 class MiniVLMModel(MiniVLMPreTrainedModel):
     """The vision tower, the projector and the text base model (no LM head), as `LlavaModel`.
 
@@ -222,11 +234,12 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             `attentions`) with `pooler_output` set to the projected features
             `(num_images, image_seq_length, text_hidden_size)`.
         """
+        kwargs = _with_config_output_flags(self.config, kwargs)
         outputs, features = self._encode_images(pixel_values, **kwargs)
         outputs = BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=self.multi_modal_projector(features),
-            hidden_states=outputs.hidden_states if kwargs.get("output_hidden_states") else None,
+            hidden_states=outputs.hidden_states if kwargs["output_hidden_states"] else None,
             attentions=getattr(outputs, "attentions", None),
         )
         return outputs if _return_dict(self.config, return_dict) else outputs.to_tuple()
@@ -287,6 +300,10 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if pixel_values is not None and vision_features is not None:
             raise ValueError("Pass pixel_values or vision_features, not both.")
+        flags = _with_config_output_flags(
+            self.config, {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        )
+        output_hidden_states, output_attentions = flags["output_hidden_states"], flags["output_attentions"]
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -345,6 +362,8 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
 
     # The Llama layout; __init__ names the embeddings of the actual text model (GPT-2: `wte`).
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # The text models shard their embeddings under tensor parallelism: the tied head must follow (LLaVA's plan).
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: MiniVLMConfig):
         super().__init__(config)
