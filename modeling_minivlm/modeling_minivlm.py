@@ -495,10 +495,15 @@ class MiniVLMForConditionalGeneration(MiniVLMPreTrainedModel, GenerationMixin):
         )
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
-    def prepare_inputs_for_generation(self, *args, vision_features=None, is_first_iteration=False, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, *args, inputs_embeds=None, vision_features=None, is_first_iteration=False, **kwargs
+    ):
         # Like pixel_values (which GenerationMixin drops by itself), cached vision features feed
-        # the first step only: later steps read the images from the KV cache.
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # the first step only: later steps read the images from the KV cache. `inputs_embeds` is
+        # named here because `generate()` accepts it only from a signature that declares it.
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, *args, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
         if vision_features is not None and (is_first_iteration or not kwargs.get("use_cache", True)):
             model_inputs["vision_features"] = vision_features
         return model_inputs
