@@ -261,8 +261,13 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             mask = input_ids == self.config.image_token_index
         num_images, num_tokens = image_features.shape[:2]
         found = mask.sum()
-        if _is_tracing():
-            # No data-dependent Python branch under torch.compile / torch.export: a runtime assert.
+        if torch.compiler.is_exporting():
+            # No data-dependent Python branch under torch.export: a runtime assert on a symbolic int.
+            # (`torch._check_tensor_all` would emit `aten._is_all_true`, which has no ONNX function:
+            # torch.onnx.export could not convert the graph.)
+            torch._check(found.item() == num_images * num_tokens)
+        elif _is_tracing():
+            # Under torch.compile `.item()` would break the graph: a tensor-valued runtime assert.
             torch._check_tensor_all(found == num_images * num_tokens)
         elif int(found) != num_images * num_tokens:
             raise ValueError(
