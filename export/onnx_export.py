@@ -102,6 +102,11 @@ def check_output_dir(output_dir: Path) -> None:
 def check_model_dir(model_dir: Path) -> None:
     """A saved MiniVLM folder, checked before anything is loaded."""
     config = model_dir / "config.json"
+    if not model_dir.is_dir():
+        raise ValueError(
+            f"{model_dir} is not a folder: give the folder of a saved MiniVLM (save_pretrained or minivlm-train "
+            "output). For a Hub model, download it first: hf download ORG/NAME --local-dir DIR."
+        )
     if not config.is_file():
         raise ValueError(
             f"{model_dir} holds no config.json: give the folder of a saved MiniVLM (save_pretrained or "

@@ -72,10 +72,17 @@ def test_export_refuses_a_folder_it_did_not_write(saved_model_dir, tmp_path, cap
 
 
 def test_export_refuses_a_folder_that_is_no_minivlm(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert "missing is not a folder" in capsys.readouterr().err
     (tmp_path / "model").mkdir()
     with pytest.raises(SystemExit):
         export_main([str(tmp_path / "model"), str(tmp_path / "out")])
     assert "holds no config.json" in capsys.readouterr().err
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llava"}')
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "model"), str(tmp_path / "out")])
+    assert "holds a 'llava' model, not a MiniVLM" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
