@@ -151,6 +151,18 @@ def _return_dict(config, return_dict: bool | None) -> bool:
     return return_dict if return_dict is not None else getattr(config, "return_dict", True)
 
 
+def _with_config_output_flags(config, kwargs: dict) -> dict:
+    """`kwargs` with `output_hidden_states` / `output_attentions` set: as passed, else the composite
+    config's flags. Each sub-model would otherwise read its own sub-config, and an explicit `None`
+    passed down overrides even that: `MiniVLMModel.from_pretrained(..., output_hidden_states=True)`
+    (a flag on this config) must reach the vision tower and the text model."""
+    kwargs = dict(kwargs)
+    for flag in ("output_hidden_states", "output_attentions"):
+        if kwargs.get(flag) is None:
+            kwargs[flag] = bool(getattr(config, flag, False))
+    return kwargs
+
+
 class MiniVLMModel(MiniVLMPreTrainedModel):
     """The vision tower, the projector and the text base model (no LM head), as `LlavaModel`.
 
@@ -224,11 +236,12 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             `attentions`) with `pooler_output` set to the projected features
             `(num_images, image_seq_length, text_hidden_size)`.
         """
+        kwargs = _with_config_output_flags(self.config, kwargs)
         outputs, features = self._encode_images(pixel_values, **kwargs)
         outputs = BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=self.multi_modal_projector(features),
-            hidden_states=outputs.hidden_states if kwargs.get("output_hidden_states") else None,
+            hidden_states=outputs.hidden_states if kwargs["output_hidden_states"] else None,
             attentions=getattr(outputs, "attentions", None),
         )
         return outputs if _return_dict(self.config, return_dict) else outputs.to_tuple()
@@ -250,8 +263,13 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             mask = input_ids == self.config.image_token_index
         num_images, num_tokens = image_features.shape[:2]
         found = mask.sum()
-        if _is_tracing():
-            # No data-dependent Python branch under torch.compile / torch.export: a runtime assert.
+        if torch.compiler.is_exporting():
+            # No data-dependent Python branch under torch.export: a runtime assert on a symbolic int.
+            # (`torch._check_tensor_all` would emit `aten._is_all_true`, which has no ONNX function:
+            # torch.onnx.export could not convert the graph.)
+            torch._check(found.item() == num_images * num_tokens)
+        elif _is_tracing():
+            # Under torch.compile `.item()` would break the graph: a tensor-valued runtime assert.
             torch._check_tensor_all(found == num_images * num_tokens)
         elif int(found) != num_images * num_tokens:
             raise ValueError(
@@ -289,6 +307,10 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if pixel_values is not None and vision_features is not None:
             raise ValueError("Pass pixel_values or vision_features, not both.")
+        flags = _with_config_output_flags(
+            self.config, {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        )
+        output_hidden_states, output_attentions = flags["output_hidden_states"], flags["output_attentions"]
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -349,6 +371,8 @@ class MiniVLMForConditionalGeneration(MiniVLMTasksMixin, MiniVLMAdapterMixin, Mi
 
     # The Llama layout; __init__ names the embeddings of the actual text model (GPT-2: `wte`).
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # The text models shard their embeddings under tensor parallelism: the tied head must follow (LLaVA's plan).
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: MiniVLMConfig):
         super().__init__(config)
@@ -480,10 +504,15 @@ class MiniVLMForConditionalGeneration(MiniVLMTasksMixin, MiniVLMAdapterMixin, Mi
         )
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
-    def prepare_inputs_for_generation(self, *args, vision_features=None, is_first_iteration=False, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, *args, inputs_embeds=None, vision_features=None, is_first_iteration=False, **kwargs
+    ):
         # Like pixel_values (which GenerationMixin drops by itself), cached vision features feed
-        # the first step only: later steps read the images from the KV cache.
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # the first step only: later steps read the images from the KV cache. `inputs_embeds` is
+        # named here because `generate()` accepts it only from a signature that declares it.
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, *args, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
         if vision_features is not None and (is_first_iteration or not kwargs.get("use_cache", True)):
             model_inputs["vision_features"] = vision_features
         return model_inputs

@@ -28,6 +28,8 @@ from minivlm.data.tokenizer import build_word_level_tokenizer
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# transformers' common test mixins (tests/transformers_common/README.md): imported, not collected.
+collect_ignore = ["transformers_common"]
 # Sub-configs for `--tiny_vision_config` / `--tiny_text_config` (JSON) of training runs in the tests.
 TINY_VISION = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
                "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}

@@ -102,11 +102,12 @@ def test_pip_install_dot_installs_the_package_not_a_link_to_the_checkout(tmp_pat
                                   capture_output=True, text=True, check=True).stdout.strip())
     installed = {p.name for p in purelib.iterdir()}
     assert "minivlm" in installed and not any(name.startswith("__editable__") for name in installed)
-    assert not {"processing", "training", "evaluation", "benchmark", "scripts"} & installed
+    assert not {"processing", "training", "evaluation", "benchmark", "scripts", "export"} & installed
     package = purelib / "minivlm"
     assert (package / "training" / "model_card.md").is_file() and not (package / "training" / "model_card.md").is_symlink()
     assert (package / "evaluation" / "metrics" / "caption_metrics" / "caption_metrics.py").is_file()
-    assert (python.parent / "minivlm-train").is_file()
+    assert (python.parent / "minivlm-train").is_file() and (python.parent / "minivlm-export").is_file()
+    assert (package / "export" / "runner.py").is_file()
 
 
 def test_console_commands_return_nothing_so_they_exit_0():
@@ -117,7 +118,7 @@ def test_console_commands_return_nothing_so_they_exit_0():
 
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == {"minivlm-train", "minivlm-evaluate", "minivlm-demo", "minivlm-benchmark", "minivlm-convert",
-                            "minivlm-app", "minivlm-caption"}
+                            "minivlm-app", "minivlm-caption", "minivlm-export"}
     for command, target in scripts.items():
         module, name = target.split(":")
         function = getattr(importlib.import_module(module), name)

@@ -566,3 +566,19 @@ def test_the_default_strategy_drops_the_cls_token_by_value(images):
     torch.testing.assert_close(features, by_hand(hidden[:, 1:]))
     assert not torch.allclose(features, by_hand(hidden[:, :-1]))  # not the last token dropped
     assert cls.shape == (1, 1, 32)  # the ViT puts its CLS first: position 0 is the one to drop
+
+
+def test_config_output_flags_reach_both_sub_models(saved_model_dir, processor):
+    # The flags set on the composite config (as from_pretrained's keyword arguments set them) are read:
+    # each sub-model would otherwise look at its own sub-config only.
+    model = MiniVLMForConditionalGeneration.from_pretrained(
+        saved_model_dir, output_hidden_states=True, output_attentions=True, attn_implementation="eager"
+    )
+    outputs = model(**image_inputs(processor, ["a red circle"]))
+    text_layers, vision_layers = model.config.text_config.num_hidden_layers, model.config.vision_config.num_hidden_layers
+    assert len(outputs.hidden_states) == text_layers + 1 and len(outputs.attentions) == text_layers
+    assert len(outputs.image_outputs.hidden_states) == vision_layers + 1
+    assert len(outputs.image_outputs.attentions) == vision_layers
+    base = model.model(**image_inputs(processor, ["a red circle"]))
+    torch.testing.assert_close(base.hidden_states[-1], base.last_hidden_state)
+    assert model.model(**image_inputs(processor, ["a red"]), output_hidden_states=False).hidden_states is None
