@@ -104,7 +104,7 @@ def test_training_pushes_a_loadable_repo_at_every_save(local_hub, shapes_dir, tm
     readme = commits[-1]["files"]["README.md"].decode()
     assert 'pipeline("image-to-text", model="org/minivlm", trust_remote_code=True)' in readme
     assert "Steps: 4" in readme
-    assert "| cider |" in readme and "Decoding: split=validation, images=4, max_new_tokens=32" in readme
+    assert "| cider |" in readme and "Decoding: max_new_tokens=32" in readme and "validation" in readme
     run_loader(local_hub, [c["oid"] for c in commits], tmp_path)
 
 
