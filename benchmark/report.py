@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import HfArgumentParser
 
 from .runs import BenchmarkArguments, run_benchmark
@@ -58,10 +59,20 @@ def main(argv: list[str] | None = None) -> None:
     """
     parser = HfArgumentParser(BenchmarkArguments)
     (args,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
-    results = run_benchmark(args)
-    print()
-    print(format_tables(results))
-    output = Path(args.output_json or f"outputs/benchmark-{args.preset}-{results['device']}.json")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.demo_steps:
+        from .demo_steps import format_demo_steps, run_demo_steps
+
+        results = run_demo_steps(steps=max(args.steps, 2), warmup=args.warmup, seed=args.seed, workers=args.demo_workers)
+        print()
+        print(format_demo_steps(results))
+        output = Path(args.output_json or "outputs/benchmark-demo-steps.json")
+    else:
+        results = run_benchmark(args)
+        print()
+        print(format_tables(results))
+        output = Path(args.output_json or f"outputs/benchmark-{args.preset}-{results['device']}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
     print(f"\nresults written to {output}")

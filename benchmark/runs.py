@@ -92,6 +92,15 @@ class BenchmarkArguments:
         default=None, metadata={"help": "torch CPU threads (default: torch's choice); 1 is steadier on a busy machine."}
     )
     peak_tflops: float = field(default=989.0, metadata={"help": "Dense bf16 peak for MFU (H200 SXM: 989)."})
+    demo_steps: bool = field(
+        default=False,
+        metadata={"help": "Instead of the runs above: time the demo's two training stages through the Trainer, "
+                          "images decoded every batch against preprocessed once (samples/s, share of the matmul "
+                          "roofline); see minivlm.benchmark.demo_steps. Uses --steps, --warmup, --seed."},
+    )
+    demo_workers: int | None = field(
+        default=None, metadata={"help": "With --demo_steps: processes of the data-parallel row (default: as the demo)."}
+    )
     output_json: str | None = field(
         default=None, metadata={"help": "Where to write the results (default: outputs/benchmark-<preset>-<device>.json)."}
     )

@@ -17,15 +17,12 @@ first stage: a captioner.
 """
 
 import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoProcessor, HfArgumentParser, TrainerState, pipeline, set_seed
+from transformers import AutoModel, AutoProcessor, HfArgumentParser, pipeline, set_seed
 
 from minivlm.data.grounding import parse_boxes
 from minivlm.data.loading import load_split, resolve_dataset
@@ -34,7 +31,7 @@ from minivlm.evaluation.boxes import box_iou
 from minivlm.evaluation.captioning import evaluate_captions, generate_captions
 from minivlm.evaluation.plots import plot_box_grid, plot_caption_grid, plot_loss_curve
 from minivlm.training.presets import PRESETS
-from minivlm.training.run import build_model, load_data, parse_args, train
+from minivlm.training.run import build_model, default_workers, load_data, parse_args, train, train_data_parallel
 
 
 CHAT_TURNS = 4  # questions per image asked in one chat
@@ -62,32 +59,6 @@ class DemoArguments:
                           "them). Default: 2 on a CPU-only machine with 2 cores or more, else 1 (in this process)."},
     )
     seed: int = field(default=0)
-
-
-def default_workers() -> int:
-    """Training processes by default: 2 on a CPU-only machine with 2 cores or more, else 1.
-
-    A demo step is many small operations: two threads in one process ran it no faster than one thread
-    (the second core mostly waits), while two single-thread processes that each take half of the batch
-    and average their gradients (DDP over gloo) ran a step in 0.64 of the time on 2 cores.
-    """
-    if torch.cuda.is_available() or (os.cpu_count() or 1) < 2:
-        return 1
-    return 2
-
-
-def train_data_parallel(stage_argv: list[str], workers: int, batch_size: int, output_dir: Path) -> TrainerState:
-    """Runs one stage as `workers` single-thread processes (torchrun, gloo), each taking `batch_size / workers`
-    examples of every batch, so the steps are those of one process at `batch_size`; returns the final
-    Trainer state the run saved in `output_dir`."""
-    if batch_size % workers:
-        raise ValueError(f"the batch of {batch_size} does not split evenly over {workers} processes; pick --workers "
-                         "that divides it.")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
-               "-m", "minivlm.scripts.train", *stage_argv,
-               "--per_device_train_batch_size", str(batch_size // workers), "--ddp_backend", "gloo"]
-    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return TrainerState.load_from_json(str(output_dir / "trainer_state.json"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -93,3 +93,39 @@ def test_generation_precisions(monkeypatch):
     args.gen_precisions = "fp16"
     with pytest.raises(ValueError, match="--gen_precisions"):
         benchmark.generation_precisions(args, torch.device("cpu"))
+
+
+def test_demo_steps_times_a_real_stage_and_counts_its_flops(tmp_path):
+    """One demo stage through the Trainer: the step's FLOPs equal the matrix products of the batch counted
+    by hand for the projector and LM head, and figures follow from each other."""
+    from minivlm.benchmark.demo_steps import time_stage
+
+    run = time_stage("shapes-tiny", True, str(tmp_path / "shapes"), steps=2, warmup=1, seed=0, num_train=96)
+    assert run["batch_size"] == 32 and run["step_ms"] > 0
+    assert run["samples_per_s"] == pytest.approx(32 / (run["step_ms"] / 1e3))
+    assert run["gflops"] == pytest.approx(run["gflop_per_step"] / (run["step_ms"] / 1e3))
+    # The tiny ViT alone (3 layers, 96 wide, 65 tokens of 64-px images at patch 8) costs 2 * params * tokens
+    # FLOPs per image forward; forward + backward is about three times that: a floor for the whole step.
+    vit_params = 3 * (4 * 96 * 96 + 2 * 96 * 192)
+    assert run["gflop_per_step"] > 3 * 2 * vit_params * 65 * 32 / 1e9
+
+
+def test_demo_steps_report_speedups_and_roofline_shares_from_the_runs(monkeypatch):
+    from minivlm.benchmark import demo_steps
+
+    timings = {("shapes-tiny", False): 100.0, ("shapes-tiny", True): 50.0,
+               ("shapes-instruct", False): 200.0, ("shapes-instruct", True): 160.0}
+
+    def fake(preset, preprocess, *args, **kwargs):
+        ms = timings[(preset, preprocess)]
+        return {"stage": preset, "preprocessed": preprocess, "batch_size": 32, "step_ms": ms,
+                "samples_per_s": 32 / (ms / 1e3), "gflop_per_step": 5.0, "gflops": 5.0 / (ms / 1e3)}
+
+    monkeypatch.setattr(demo_steps, "time_stage", fake)
+    monkeypatch.setattr(demo_steps, "matmul_peak_gflops", lambda: 200.0)
+    results = demo_steps.run_demo_steps(steps=2, warmup=0, workers=1)
+    by = {(r["stage"], r["preprocessed"]): r for r in results["runs"]}
+    assert by[("shapes-tiny", True)]["speedup"] == pytest.approx(2.0)
+    assert by[("shapes-instruct", True)]["speedup"] == pytest.approx(1.25)
+    assert by[("shapes-tiny", True)]["roofline_share"] == pytest.approx(100.0 / 200.0)  # 5 GFLOP in 50 ms
+    assert "50.0%" in demo_steps.format_demo_steps(results)
