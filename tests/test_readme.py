@@ -11,6 +11,7 @@ import ast
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import huggingface_hub
@@ -110,8 +111,20 @@ def workdir(hf_home, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(hf_home))
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub reads the cache path once, at import: the module constant is what it uses.
+    # huggingface_hub reads the cache path and the offline flag once, at import: the module constants are
+    # what it uses (conftest sets HF_HUB_OFFLINE before that import; this holds whatever the order).
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    # No snippet may reach the network: any connection beyond this machine fails loudly.
+    real_connect = socket.socket.connect
+
+    def local_only(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/")):
+            raise AssertionError(f"a README snippet tried to reach {address}: it must run offline")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
     rng = np.random.default_rng(0)
     for name, (width, height) in IMAGE_FILES.items():
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(tmp_path / name)
