@@ -86,3 +86,16 @@ def test_training_preprocesses_small_splits_by_default_and_never_with_length_gro
     big = datasets.Dataset.from_dict({"image": [None] * over, "captions": [["x"]] * over, "id": ["i"] * over})
     assert not _preprocesses_images(data, training, model_args, big, processor)
     assert _preprocesses_images(data, training, model_args, big.select(range(over - 1)), processor)
+
+
+def test_preprocessing_by_default_holds_at_exactly_the_byte_limit(processor, monkeypatch):
+    from types import SimpleNamespace
+
+    from minivlm.training import run
+
+    side = processor.image_processor.size["height"]
+    monkeypatch.setattr(run, "PREPROCESS_AUTO_BYTES", 3 * (3 * side * side * 4))  # exactly three images
+    args = (SimpleNamespace(preprocess_images=None), SimpleNamespace(train_sampling_strategy="random"),
+            SimpleNamespace(cache_vision_features=False))
+    assert run._preprocesses_images(*args, caption_rows(3), processor)  # at the limit: preprocessed
+    assert not run._preprocesses_images(*args, caption_rows(4), processor)  # one image more: not
