@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     """Runs the demo; its summary goes to `demo_summary.json` (returns None: a console command's
     return value would be its exit status)."""
     (demo,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
+    workers = default_workers() if demo.workers is None else demo.workers
+    if workers < 1:
+        raise ValueError(f"--workers {demo.workers}: the number of training processes is 1 or more.")
     start = time.perf_counter()
     out = Path(demo.output_dir)
     data_dir, model_dir = out / "shapes", out / "model"
@@ -89,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             stage_argv += ["--num_train_epochs", str(epochs)]
         stage_argvs.append(stage_argv)
         stage_args.append(parse_args(stage_argv))
+        batch = stage_args[-1][2].per_device_train_batch_size
+        if batch % workers:  # before any data is generated or model built
+            raise ValueError(f"--workers {workers} does not split the batch of {batch} evenly; pick a divisor of {batch}.")
     model_args, data_args, training_args = stage_args[0]
 
     resolve_dataset("shapes", shapes_dir=data_dir, num_train=data_args.shapes_num_train,
@@ -101,7 +107,6 @@ def main(argv: list[str] | None = None) -> None:
     untrained, untrained_processor = build_model(model_args, load_data(data_args, demo.seed)[0], data_args)
     before = generate_captions(untrained, untrained_processor, samples, max_new_tokens=16, progress=False)
 
-    workers = demo.workers or default_workers()
     states, train_seconds = [], 0.0
     for (preset, stage_dir, *_), stage_argv, (model_args, data_args, training_args) in zip(stages, stage_argvs, stage_args):
         if workers > 1:

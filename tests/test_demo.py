@@ -31,3 +31,12 @@ def test_demo_trains_a_captioner_then_instruction_tunes_it(tmp_path, capsys):
         assert tokenizer.unk_token_id not in tokenizer(f"{a['question']} {a['answers'][0]}")["input_ids"], a
     printed = capsys.readouterr().out
     assert "shapes-tiny: trained 2 steps" in printed and "shapes-instruct: trained 2 steps" in printed
+
+
+def test_demo_refuses_worker_counts_before_any_work(tmp_path):
+    import pytest
+
+    for workers, message in (("3", "does not split the batch of 32 evenly"), ("0", "1 or more"), ("-2", "1 or more")):
+        with pytest.raises(ValueError, match=message):
+            demo.main(["--output_dir", str(tmp_path / "demo"), "--workers", workers])
+    assert not (tmp_path / "demo").exists()  # nothing generated, nothing trained
