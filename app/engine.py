@@ -40,6 +40,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoModel, AutoProcessor, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from minivlm.data.conversations import chat_messages
 from minivlm.image_cache_minivlm import ImagePrefixCache
 from minivlm.processing_minivlm import to_rgb
 
@@ -294,15 +295,7 @@ class ChatModel:
                 content.append({"type": "text", "text": self.caption_prompt})
             return [{"role": "user", "content": content}]
         kept = conversation.turns[-(self.max_turns - 1):] if self.max_turns > 1 else []
-        messages = []
-        for index, (asked, answered) in enumerate([*kept, (question, None)]):
-            # The image goes first in the first kept question, so every prompt starts the same way
-            # up to the image and its encoded prefix is reused.
-            content = ([{"type": "image"}] if index == 0 else []) + [{"type": "text", "text": asked}]
-            messages.append({"role": "user", "content": content})
-            if answered is not None:
-                messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
-        return messages
+        return chat_messages(kept, question)
 
     def prompt(self, conversation: Conversation, question: str | None = None) -> str:
         """The prompt text (`<image>` not yet expanded) for a caption or the next answer."""

@@ -24,6 +24,7 @@ import datasets
 import torch
 from transformers.utils.logging import tqdm
 
+from minivlm.data.conversations import chat_messages
 from minivlm.data.grounding import parse_boxes
 from minivlm.evaluation.boxes import BOX_IOU_THRESHOLD, box_iou, box_metrics
 from minivlm.evaluation.vqa import vqa_accuracy
@@ -60,18 +61,6 @@ def answer_questions(
         raise ValueError(f"{len(images)} images but {len(questions)} questions")
     return answer_chats(model, processor, images, [[] for _ in questions], questions, batch_size=batch_size,
                         max_new_tokens=max_new_tokens, progress=progress, **generate_kwargs)
-
-
-def chat_messages(history: list[tuple[str, str]], question: str) -> list[dict[str, Any]]:
-    """The messages of a chat about one image: the earlier `(question, answer)` turns, then `question`; the
-    image comes with the first question, as the pipeline and the app send it."""
-    messages = []
-    for index, (asked, answered) in enumerate([*history, (question, None)]):
-        content = ([{"type": "image"}] if index == 0 else []) + [{"type": "text", "text": asked}]
-        messages.append({"role": "user", "content": content})
-        if answered is not None:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
-    return messages
 
 
 def answer_chats(

@@ -42,7 +42,7 @@ from minivlm.image_loading import short
 __all__ = [
     "MESSAGES", "CONVERSATION_FEATURES", "FORMATS", "detect_format", "from_chat", "from_llava", "from_cauldron",
     "from_vqa", "from_shapes_questions", "from_shapes_instruct", "to_conversations", "clean_conversations", "to_training_view",
-    "mix_datasets", "training_texts",
+    "mix_datasets", "training_texts", "chat_messages",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,19 @@ CONVERSATION_FEATURES = datasets.Features(
 TRAINING_FEATURES = datasets.Features({**CONVERSATION_FEATURES, "captions": datasets.List(datasets.Value("string"))})
 FORMATS = ("captions", "chat", "llava", "cauldron", "vqa", "shapes-questions", "shapes-instruct")
 _LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def chat_messages(history: list[tuple[str, str]], question: str) -> list[dict[str, Any]]:
+    """The messages of a chat about one image: the earlier `(question, answer)` turns, then `question`; the
+    image comes with the first question, as the pipeline and the app send it (every prompt of one chat
+    then starts the same way up to the image, so its encoded prefix can be reused)."""
+    messages = []
+    for index, (asked, answered) in enumerate([*history, (question, None)]):
+        content = ([{"type": "image"}] if index == 0 else []) + [{"type": "text", "text": asked}]
+        messages.append({"role": "user", "content": content})
+        if answered is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
+    return messages
 
 
 def _text(text: str) -> dict[str, Any]:
