@@ -377,7 +377,7 @@ class PreprocessedDataset(torch.utils.data.Dataset):
     """A training split whose images are decoded and preprocessed once, held as one float32 tensor.
 
     The collator's per-step work then shrinks to indexing and padding: decoding, converting and
-    normalising the same images again every epoch was a third of a small model's training step.
+    normalising the same images again every epoch was about a fifth of the demo's training step (py-spy).
     Row `i` is the split's row without its image columns, plus `pixel_values` `(n_images, 3, H, W)`
     (a view into the shared tensor), which `ConversationCollator` takes as it is. What a step computes
     is unchanged: the pixels are exactly those the image processor gives per batch.
