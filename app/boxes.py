@@ -1,5 +1,5 @@
 """Boxes in answers, for the page: the project's text format `[x1, y1, x2, y2]` (integers on a
-0–1000 grid, `minivlm.data.grounding`), read with a label and checked, and drawn large.
+0–1000 grid, `minivlm.processing.grounding`), read with a label and checked, and drawn large.
 """
 
 import re
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from minivlm.data.grounding import BOX_PATTERN, GRID, valid_box
+from minivlm.processing.grounding import BOX_PATTERN, GRID, valid_box
 
 # Words that describe the box before it: "the red circle [..]" → "red circle".
 _LABEL_STOPWORDS = {"a", "an", "the", "is", "at", "in", "of", "and", "it", "its", "there", "are", "on", "with"}

@@ -40,7 +40,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoModel, AutoProcessor, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from minivlm.data.conversations import chat_messages
+from minivlm.processing.conversations import chat_messages
 from minivlm.image_cache_minivlm import ImagePrefixCache
 from minivlm.processing_minivlm import to_rgb
 

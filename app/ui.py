@@ -50,7 +50,7 @@ def shapes_examples(folder: str | Path, count: int = 6, image_size: int = 64) ->
     Returns `(path, question)` pairs: beside each image one of the questions the set asks about it
     (in the words a model trained on it knows), a different kind for each image where it has one.
     """
-    from minivlm.data.shapes import make_shapes_examples
+    from minivlm.processing.shapes import make_shapes_examples
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from transformers import set_seed
 
 from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
 from minivlm.configuration_minivlm import SMOLLM_360M, VIT_LARGE_PATCH16_224
-from minivlm.data.builder import configure_generation
+from minivlm.processing.builder import configure_generation
 
 from .measure import PeakMemory, count_parameters, cpu_has_native_bf16, cpu_name, release_memory, timed
 from .notebook import NotebookMiniVLM

@@ -4,7 +4,7 @@
   conversation rendered by the processor's chat template, as `pipeline("image-text-to-text")` does.
 - `evaluate_answers`: answers scored against their references: `vqa_accuracy` (VQAv2 normalisation)
   over all questions and per question type, and, for the questions whose reference holds a box
-  (`[x1, y1, x2, y2]`, see `minivlm.data.grounding`), `box_accuracy` (IoU >= 0.5) and `box_mean_iou`.
+  (`[x1, y1, x2, y2]`, see `minivlm.processing.grounding`), `box_accuracy` (IoU >= 0.5) and `box_mean_iou`.
 - `evaluate_chat`: several questions about one image asked in one chat, each after the model's own
   earlier answers (as `pipeline("image-text-to-text")` with the history and the app ask them), scored
   per turn: what a user sees from the second question on.
@@ -24,8 +24,8 @@ import datasets
 import torch
 from transformers.utils.logging import tqdm
 
-from minivlm.data.conversations import chat_messages
-from minivlm.data.grounding import parse_boxes
+from minivlm.processing.conversations import chat_messages
+from minivlm.processing.grounding import parse_boxes
 from minivlm.evaluation.boxes import BOX_IOU_THRESHOLD, box_iou, box_metrics
 from minivlm.evaluation.vqa import vqa_accuracy
 
@@ -227,7 +227,7 @@ def load_questions(
     if metadata.is_file() and '"questions"' in metadata.read_text(encoding="utf-8").split("\n", 1)[0]:
         return load_question_dataset(source, split, max_samples)
     # Any other folder (a VQA imagefolder: metadata rows with file_name, question, answer) or Hub id.
-    from minivlm.data.adapters import _load_split
+    from minivlm.processing.adapters import _load_split
 
     try:
         raw = _load_split(source, split, dataset_config, None)

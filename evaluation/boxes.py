@@ -1,7 +1,7 @@
 """Box metrics for grounding: IoU, accuracy at IoU >= 0.5 and mean IoU.
 
 Boxes are `(x1, y1, x2, y2)` in any one coordinate system (MiniVLM's 0-1000 grid, see
-`minivlm.data.grounding`); a prediction with no parsable box scores IoU 0.
+`minivlm.processing.grounding`); a prediction with no parsable box scores IoU 0.
 """
 
 from __future__ import annotations

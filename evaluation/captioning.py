@@ -5,7 +5,7 @@
 - `evaluate_captions`: predictions plus BLEU-1..4 / METEOR / ROUGE-L / CIDEr against every
   reference of each image (and `shapes_accuracy` on the synthetic shapes set), with the decoding
   settings recorded beside the scores, since beam search or sampling changes them.
-- `load_evaluation_dataset`: `minivlm.data.loading.load_split` under its older name: a split in the
+- `load_evaluation_dataset`: `minivlm.processing.loading.load_split` under its older name: a split in the
   uniform view, cleaned, with the shapes ``objects`` attached, for `shapes_accuracy`.
 
 The Trainer callback that runs them during training is `minivlm.training.callbacks.CaptionEvalCallback`.
@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 from transformers.utils.logging import tqdm
 
-from minivlm.data.loading import load_split as load_evaluation_dataset
+from minivlm.processing.loading import load_split as load_evaluation_dataset
 from minivlm.evaluation.metrics import compute_caption_metrics
-from minivlm.data.shapes import shapes_accuracy
+from minivlm.processing.shapes import shapes_accuracy
 
 
 __all__ = ["DEFAULT_DECODING", "SCORE_KEYS", "evaluate_captions", "generate_captions", "load_evaluation_dataset"]
@@ -111,7 +111,7 @@ def evaluate_captions(
     Args:
         model, processor: as for `generate_captions`.
         dataset: ``image``, ``captions`` (list of str), ``id``; with an ``objects`` column (the
-            shapes set, see `minivlm.data.loading.load_split`) `shapes_accuracy` is added.
+            shapes set, see `minivlm.processing.loading.load_split`) `shapes_accuracy` is added.
         decoding: ``generate`` settings (``max_new_tokens``, ``num_beams``, ``do_sample``, any other
             ``generate`` keyword); missing ones take `DEFAULT_DECODING`.
         batch_size, prompt: as for `generate_captions`.

@@ -168,7 +168,7 @@ def plot_box_grid(
 
     Args:
         images: PIL images (any mode).
-        predicted, targets: per image, a list of boxes on the 0-1000 grid (`minivlm.data.grounding`).
+        predicted, targets: per image, a list of boxes on the 0-1000 grid (`minivlm.processing.grounding`).
         titles: one line per image (e.g. the object asked for and the IoU).
         path: the PNG to write.
         ncols: images per row; scale: upsampling of the (small) images before drawing.
@@ -176,7 +176,7 @@ def plot_box_grid(
     Returns:
         ``path``.
     """
-    from minivlm.data.grounding import draw_boxes
+    from minivlm.processing.grounding import draw_boxes
 
     n = len(images)
     if not n or not (len(predicted) == len(targets) == len(titles) == n):

@@ -2,7 +2,7 @@
 
 The tasks are ``captions`` (an image and its reference captions), ``answers`` (a question about
 images and its reference answers) and ``boxes`` (answers that are ``[x1, y1, x2, y2]`` boxes on the
-0–1000 grid, see `minivlm.data.grounding`). Every training format reduces to them:
+0–1000 grid, see `minivlm.processing.grounding`). Every training format reduces to them:
 
 - `data_tasks`: the tasks a dataset's rows really hold, read from their content (caption view,
   conversation view, or the training view of a mixture where empty columns mean nothing).
@@ -27,8 +27,8 @@ from typing import Any
 import datasets
 import pyarrow.compute as pc
 
-from minivlm.data.conversations import MESSAGES
-from minivlm.data.grounding import BOX_PATTERN
+from minivlm.processing.conversations import MESSAGES
+from minivlm.processing.grounding import BOX_PATTERN
 
 __all__ = ["TASKS", "EvaluationSets", "data_tasks", "evaluation_sets", "load_evaluation_sets", "scores_by_task"]
 
@@ -121,7 +121,7 @@ def evaluation_sets(
     Args:
         dataset: the split (None: nothing to evaluate).
         max_rows: use the first N rows only (images of a caption set, conversations of a chat set).
-        objects: the shapes set's objects by id (`minivlm.data.loading.shapes_objects`): attached to
+        objects: the shapes set's objects by id (`minivlm.processing.loading.shapes_objects`): attached to
             the captions set as an ``objects`` column, for `shapes_accuracy`, when every id has them.
     """
     if dataset is None:
@@ -171,15 +171,15 @@ def load_evaluation_sets(
     """A split of a dataset (Hub id, local folder, LLaVA ``.json`` file, or a resolved shapes folder) as
     `EvaluationSets`, whatever its training format.
 
-    Captions come from the caption view (`minivlm.data.loading.load_split`, with the shapes
+    Captions come from the caption view (`minivlm.processing.loading.load_split`, with the shapes
     ``objects``) when the split has a caption column. Questions, unless ``questions`` is False: the
     shapes set's typed questions, VQA columns (``question`` + ``answer`` / ``answers``: every given
     answer is a reference), or the assistant turns of a chat / LLaVA / cauldron set. ``max_samples``
     keeps a seeded subset of the rows.
     """
-    from minivlm.data.adapters import _load_split
-    from minivlm.data.conversations import clean_conversations, detect_format, from_llava, to_conversations
-    from minivlm.data.loading import load_split
+    from minivlm.processing.adapters import _load_split
+    from minivlm.processing.conversations import clean_conversations, detect_format, from_llava, to_conversations
+    from minivlm.processing.loading import load_split
     from minivlm.evaluation.answering import load_questions
 
     def subset(ds: datasets.Dataset) -> datasets.Dataset:

@@ -171,7 +171,7 @@ class MiniVLMConfig(PreTrainedConfig):
             raise ValueError(
                 f"image_token_index={self.image_token_index} is outside the text vocabulary "
                 f"(vocab_size={vocab_size}); add `<image>` to the tokenizer and resize the embeddings "
-                "(minivlm.data.builder's build functions do both)."
+                "(minivlm.processing.builder's build functions do both)."
             )
         check_config_size(self)
 

@@ -9,7 +9,7 @@ the same on any image size and any resize the image processor does.
     grid_to_pixels((190, 130, 630, 560), (64, 64))         # (12.16, 8.32, 40.32, 35.84)
 
 Ships to the Hub verbatim as remote code (the task helpers' `detect` reads boxes with it); the
-project's data side re-exports it (`minivlm.data.grounding`). Standard library only.
+project's data side re-exports it (`minivlm.processing.grounding`). Standard library only.
 """
 
 from __future__ import annotations

@@ -366,7 +366,7 @@ class MiniVLMForConditionalGeneration(MiniVLMTasksMixin, MiniVLMAdapterMixin, Mi
 
     `lm_head` is tied to the text model's input embeddings when the text config ties them.
     `vision_tower`, `multi_modal_projector` and `language_model` are reachable here too, as on
-    `LlavaForConditionalGeneration`. Pretrained parts come in through `minivlm.data.builder`.
+    `LlavaForConditionalGeneration`. Pretrained parts come in through `minivlm.processing.builder`.
     """
 
     # The Llama layout; __init__ names the embeddings of the actual text model (GPT-2: `wte`).

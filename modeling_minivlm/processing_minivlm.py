@@ -121,7 +121,7 @@ class MiniVLMProcessor(ProcessorMixin):
         image_processor: resizes and normalises images to the encoder's input.
         tokenizer: the LM's tokenizer, with `<image>` as a special token.
         image_seq_length: image tokens per image: the model config's `image_seq_length`
-            (`minivlm.data.builder` sets it from the config; saved in `processor_config.json`).
+            (`minivlm.processing.builder` sets it from the config; saved in `processor_config.json`).
         image_token: the placeholder string (default `"<image>"`).
         chat_template: Jinja template for `apply_chat_template` (default: image, then text).
     """
@@ -141,7 +141,7 @@ class MiniVLMProcessor(ProcessorMixin):
             raise ValueError(
                 "image_seq_length is required: pass the model config's value "
                 "(MiniVLMProcessor(..., image_seq_length=model.config.image_seq_length)); "
-                "minivlm.data.builder sets it for you."
+                "minivlm.processing.builder sets it for you."
             )
         self.image_seq_length = image_seq_length
         self.image_token = image_token
@@ -153,7 +153,7 @@ class MiniVLMProcessor(ProcessorMixin):
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(
                 f"the tokenizer has no {image_token!r} token; add it as a special token "
-                "(minivlm.data.builder.prepare_tokenizer does) and resize the model's embeddings."
+                "(minivlm.processing.builder.prepare_tokenizer does) and resize the model's embeddings."
             )
 
     # -- special-token strings in message text --------------------------------------------------

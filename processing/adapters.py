@@ -7,7 +7,7 @@ Every adapter returns a `datasets.Dataset` with exactly three columns:
 - ``id``: a string id (the dataset's id column, else the row index in the full split).
 
 Sources: a Hub dataset id (Flickr8k, ``jxie/flickr8k``: ``image`` and ``caption_0``..``caption_4``),
-a local ``imagefolder`` with a metadata file (the synthetic set written by `processing.shapes`),
+a local ``imagefolder`` with a metadata file (the synthetic set written by `minivlm.processing.shapes`),
 a folder written by ``save_to_disk``, a local Hub-style repo of parquet files, or any in-memory
 `Dataset` (`to_caption_dataset`).
 

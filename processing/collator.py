@@ -344,7 +344,7 @@ class ConversationCollator:
             if len(example_images) != expected:
                 raise ValueError(
                     f"example {example.get('id', index)!r} has {len(example_images)} image(s) for {expected} image "
-                    "part(s) in its messages; clean the data with minivlm.data.conversations.clean_conversations."
+                    "part(s) in its messages; clean the data with minivlm.processing.conversations.clean_conversations."
                 )
             if torch.is_tensor(example_images):  # preprocessed once (`PreprocessedDataset`)
                 pixels.append(example_images)

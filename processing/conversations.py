@@ -18,7 +18,7 @@ Adapters (each returns that view):
 - `from_shapes_questions`: the questions the synthetic shapes set writes in its metadata;
   `from_shapes_instruct`: its captions and questions together, one row per image.
 
-Caption sources stay in the caption view of `minivlm.data.adapters` (``image``, ``captions``,
+Caption sources stay in the caption view of `minivlm.processing.adapters` (``image``, ``captions``,
 ``id``): the collator turns each into a one-turn conversation with a reference drawn per epoch.
 `to_training_view` gives both views one schema so they mix (`mix_datasets`, with weights).
 `clean_conversations` drops unusable rows with one counted warning, as `clean_caption_dataset` does.
@@ -217,8 +217,8 @@ def from_vqa(
 
 def from_shapes_questions(ds: datasets.Dataset, max_turns: int | None = None) -> datasets.Dataset:
     """The shapes set's imagefolder split (``image``, ``questions``, ``id``): each image's questions as one
-    multi-turn conversation (see `minivlm.data.shapes.shapes_conversation`)."""
-    from minivlm.data.shapes import shapes_conversation
+    multi-turn conversation (see `minivlm.processing.shapes.shapes_conversation`)."""
+    from minivlm.processing.shapes import shapes_conversation
 
     _require(ds, ["image", "questions"], "shapes-questions")
 
@@ -232,8 +232,8 @@ def from_shapes_questions(ds: datasets.Dataset, max_turns: int | None = None) ->
 def from_shapes_instruct(ds: datasets.Dataset) -> datasets.Dataset:
     """The shapes set's imagefolder split as one row per image with its captions AND its questions (the
     training view, `TRAINING_FEATURES`): the collator packs this epoch's caption and every question as
-    single-turn examples sharing the image (see `minivlm.data.collator.ConversationCollator.encode_packed`)."""
-    from minivlm.data.shapes import shapes_conversation
+    single-turn examples sharing the image (see `minivlm.processing.collator.ConversationCollator.encode_packed`)."""
+    from minivlm.processing.shapes import shapes_conversation
 
     _require(ds, ["image", "questions", "captions"], "shapes-instruct")
 
@@ -277,7 +277,7 @@ def to_conversations(ds: datasets.Dataset, fmt: str = "auto", image_folder: str 
                 "llava": lambda d: from_llava(d, image_folder)}
     if fmt not in adapters:
         raise ValueError(f"format {fmt!r} is not a conversation format; choose one of {', '.join(adapters)} "
-                         "(caption data goes through minivlm.data.adapters).")
+                         "(caption data goes through minivlm.processing.adapters).")
     return adapters[fmt](ds)
 
 
@@ -311,8 +311,8 @@ def _outside(path: str, folder: str | os.PathLike) -> bool:
 
 def _image_problems(images: list[dict | None], image_folder: str | os.PathLike | None) -> str:
     """Why one of a conversation's undecoded images cannot be used, or "": a path outside `image_folder`
-    (when given), then what `minivlm.data.adapters` checks of a caption image, from the header only."""
-    from minivlm.data.adapters import _image_problem
+    (when given), then what `minivlm.processing.adapters` checks of a caption image, from the header only."""
+    from minivlm.processing.adapters import _image_problem
 
     for image in images:
         path = (image or {}).get("path")
@@ -343,7 +343,7 @@ def clean_conversations(
     Raises `BadDataError` (a ValueError) when more than `max_bad_fraction` of the split is dropped,
     naming a few rows and their reasons, or when nothing is left.
     """
-    from minivlm.data.adapters import BadDataError
+    from minivlm.processing.adapters import BadDataError
 
     images = ds.select_columns(["images"]).cast_column("images", datasets.List(datasets.Image(decode=False)))["images"]
     reasons = [_problem(m, len(i or [])) or _image_problems(i or [], image_folder)
@@ -454,7 +454,7 @@ def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, dat
     one dataset with several formats reads that dataset once per format (the shapes set's captions and
     its questions). A `.json` file is LLaVA's instruct JSON, its images under `--image_folder`.
     """
-    from minivlm.data.adapters import BadDataError, _load_split, clean_caption_dataset, load_caption_dataset
+    from minivlm.processing.adapters import BadDataError, _load_split, clean_caption_dataset, load_caption_dataset
 
     names, formats = _split_list(data_args.dataset), _split_list(data_args.dataset_format) or ["auto"]
     if len(names) == 1 and len(formats) > 1:
@@ -471,7 +471,7 @@ def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, dat
 
     def load(name: str, fmt: str, split: str, max_samples: int | None) -> datasets.Dataset:
         if name == "shapes":
-            from minivlm.data.loading import resolve_dataset
+            from minivlm.processing.loading import resolve_dataset
 
             name = resolve_dataset(name, shapes_dir=data_args.shapes_dir, split=split, num_train=data_args.shapes_num_train,
                                    num_eval=data_args.shapes_num_eval, image_size=data_args.shapes_image_size, seed=seed)

@@ -56,7 +56,7 @@ def resolve_dataset(
     if not generate:
         raise FileNotFoundError(
             f"no shapes split {split!r} in {folder}; generate it as training did "
-            f"(python -m minivlm.data.shapes --output_dir {folder} --image_size <model image size>) "
+            f"(python -m minivlm.processing.shapes --output_dir {folder} --image_size <model image size>) "
             "or pass --shapes_dir naming the folder training wrote"
         )
     from .shapes import ensure_shapes_dataset

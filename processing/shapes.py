@@ -22,7 +22,7 @@ averages it over a set of captions.
 Writing the dataset to disk (``imagefolder`` layout, loadable with
 ``datasets.load_dataset("imagefolder", data_dir=...)``)::
 
-    python -m processing.shapes --output_dir data/shapes
+    python -m minivlm.processing.shapes --output_dir data/shapes
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def _marker_record(output_dir: str | Path) -> dict[str, Any]:
 def is_shapes_folder(output_dir: str | Path, complete: bool = True) -> bool:
     """Whether ``output_dir`` holds a shapes set this generator wrote (``complete``: and finished writing)."""
     record = _marker_record(output_dir)
-    return record.get("generator") == "minivlm.data.shapes" and bool(record.get("complete") or not complete)
+    return record.get("generator") == "minivlm.processing.shapes" and bool(record.get("complete") or not complete)
 
 
 def generate_shapes_dataset(
@@ -371,7 +371,7 @@ def shapes_parameters(
 ) -> dict[str, Any]:
     """What the marker records of a set: every argument its content depends on (the same arguments give
     byte-identical files), and the generator's name and `QUESTIONS_VERSION`."""
-    return {"generator": "minivlm.data.shapes", "num_train": num_train, "num_validation": num_validation,
+    return {"generator": "minivlm.processing.shapes", "num_train": num_train, "num_validation": num_validation,
             "num_test": num_test, "image_size": image_size, "seed": seed, "shapes": list(shapes),
             "colours": list(colours), "two_object_prob": two_object_prob, "questions_version": QUESTIONS_VERSION}
 
@@ -456,7 +456,7 @@ def caption_vocabulary(shapes: Sequence[str] = DEFAULT_SHAPES, colours: Sequence
 
 # ----------------------------------------------------------------------------- questions
 
-# Box corners on the 0-1000 grid of `minivlm.data.grounding`, rounded to multiples of BOX_STEP: 101
+# Box corners on the 0-1000 grid of `minivlm.processing.grounding`, rounded to multiples of BOX_STEP: 101
 # number words for a word-level tokenizer instead of 1001, at 0.64 px per step on a 64-px image.
 BOX_STEP = 10
 _WHERE = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "center": "center"}
@@ -484,7 +484,7 @@ def shapes_questions(
     each object whose colour and shape name it alone ("the red circle"; "the circle", half the time, when
     it is the only circle).
     """
-    from minivlm.data.grounding import format_box
+    from minivlm.processing.grounding import format_box
 
     names = [_name(o) for o in objects]
     if len(objects) == 2 and names[0] == names[1]:

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 from minivlm import MiniVLMForConditionalGeneration, MiniVLMProcessor
-from minivlm.data.builder import build_from_parts, load_vision_tower
+from minivlm.processing.builder import build_from_parts, load_vision_tower
 
 
 # The notebook's projector is nn.Sequential(Linear, GELU, LayerNorm, Linear).

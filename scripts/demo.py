@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser, pipeline, set_seed
 
-from minivlm.data.grounding import parse_boxes
-from minivlm.data.loading import load_split, resolve_dataset
+from minivlm.processing.grounding import parse_boxes
+from minivlm.processing.loading import load_split, resolve_dataset
 from minivlm.evaluation.answering import chat_messages, evaluate_answers, evaluate_chat, load_question_dataset
 from minivlm.evaluation.boxes import box_iou
 from minivlm.evaluation.captioning import evaluate_captions, generate_captions

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
-from minivlm.data.loading import caption_column_argument, resolve_dataset
+from minivlm.processing.loading import caption_column_argument, resolve_dataset
 from minivlm.evaluation.answering import ANSWER_DECODING, QUESTION_SCORE_KEYS, evaluate_answers
 from minivlm.evaluation.captioning import SCORE_KEYS, evaluate_captions
 from minivlm.evaluation.tasks import load_evaluation_sets

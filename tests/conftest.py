@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from minivlm import MiniVLMConfig, MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
-from minivlm.data.builder import build_model_from_config, build_processor
-from minivlm.data.tokenizer import build_word_level_tokenizer
+from minivlm.processing.builder import build_model_from_config, build_processor
+from minivlm.processing.tokenizer import build_word_level_tokenizer
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from minivlm.data.collator import CaptionCollator
+from minivlm.processing.collator import CaptionCollator
 from minivlm.training.run import leave_process_group, parse_args, train
 
 

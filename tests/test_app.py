@@ -26,8 +26,8 @@ from PIL import Image
 
 from minivlm.app.boxes import GRID, Box, draw_boxes, parse_boxes
 from minivlm.app.engine import ChatModel, Decoding, ImageError, Reply, load_image_file, template_has_generation_prompt
-from minivlm.data.shapes import make_shapes_examples
-from minivlm.data.tokenizer import build_word_level_tokenizer
+from minivlm.processing.shapes import make_shapes_examples
+from minivlm.processing.tokenizer import build_word_level_tokenizer
 
 
 # A role-based chat template of the kind instruction tuning brings: the answer is announced by

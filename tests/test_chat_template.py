@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_images
 
-from minivlm.data.collator import CaptionCollator, ConversationCollator, caption_conversation
+from minivlm.processing.collator import CaptionCollator, ConversationCollator, caption_conversation
 
 
 def chat(image=None):
@@ -125,7 +125,7 @@ def test_image_text_to_text_pipeline_keeps_multi_turn_history(saved_model_dir):
 
 
 def test_caption_and_questions_share_one_image_in_an_order_drawn_per_epoch(processor):
-    from minivlm.data.collator import caption_and_questions
+    from minivlm.processing.collator import caption_and_questions
 
     questions = chat()
     orders = [caption_and_questions(["a red circle", "the red circle"], questions, 0, epoch, "i7") for epoch in range(12)]

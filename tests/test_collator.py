@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_images
 
-from minivlm.data.collator import CaptionCollator, choose_caption
+from minivlm.processing.collator import CaptionCollator, choose_caption
 from minivlm.training.callbacks import CaptionEpochCallback
 
 

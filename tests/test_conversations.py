@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minivlm.data.collator import ConversationCollator
-from minivlm.data.conversations import (
+from minivlm.processing.collator import ConversationCollator
+from minivlm.processing.conversations import (
     clean_conversations, detect_format, from_cauldron, from_chat, from_llava, from_vqa, mix_datasets,
     to_conversations, training_texts,
 )
@@ -90,7 +90,7 @@ def test_bad_rows_are_dropped_with_one_counted_warning(caplog):
             row([user, {"role": "assistant", "content": [{"type": "text", "text": "a"}]}], n_images=2),  # 2 images, 1 part
             good]
     ds = from_chat(datasets.Dataset.from_list(rows))
-    with caplog.at_level(logging.WARNING, logger="minivlm.data.conversations"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.processing.conversations"):
         clean = clean_conversations(ds, max_bad_fraction=0.6)  # 3 of 5 may go
     assert len(clean) == 2
     warnings = [r.getMessage() for r in caplog.records]
@@ -129,7 +129,7 @@ def test_mixture_with_weights_is_seeded_and_collates(processor):
 def test_train_script_mixes_captions_and_questions_then_continues_from_the_checkpoint(tmp_path):
     from test_training import tiny_argv
 
-    from minivlm.data.shapes import generate_shapes_dataset
+    from minivlm.processing.shapes import generate_shapes_dataset
     from minivlm.training.run import parse_args, train
 
     shapes = str(generate_shapes_dataset(tmp_path / "shapes", num_train=8, num_validation=4, num_test=0, image_size=32))

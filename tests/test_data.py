@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minivlm.data.adapters import FLICKR8K, BadDataError, clean_caption_dataset, load_caption_dataset, to_caption_dataset
+from minivlm.processing.adapters import FLICKR8K, BadDataError, clean_caption_dataset, load_caption_dataset, to_caption_dataset
 from minivlm.processing_minivlm import to_rgb
-from minivlm.data.shapes import generate_shapes_dataset
+from minivlm.processing.shapes import generate_shapes_dataset
 
 
 UNIFORM_FEATURES = datasets.Features(
@@ -129,10 +129,10 @@ def test_shapes_imagefolder_loads_every_split(tmp_path, caplog):
         by_id = {m["id"]: m["captions"] for m in metadata}
         assert all(len(c) == 5 and c == by_id[i] for c, i in zip(ds["captions"], ds["id"]))
         assert ds[0]["image"].size == (32, 32)
-    with caplog.at_level(logging.WARNING, logger="minivlm.data.adapters"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.processing.adapters"):
         cleaned = clean_caption_dataset(ds, split_name="test")  # the synthetic set is all good: no warning
     assert len(cleaned) == 5 and cleaned.features == UNIFORM_FEATURES
-    assert not [r for r in caplog.records if r.name == "minivlm.data.adapters"]
+    assert not [r for r in caplog.records if r.name == "minivlm.processing.adapters"]
     with pytest.raises(ValueError, match=r"unknown split 'dev'.*\['train', 'validation', 'test'\]"):
         load_caption_dataset(str(root), "dev", cache_dir=str(tmp_path / "cache"))
 
@@ -237,11 +237,11 @@ def test_clean_drops_bad_rows_keeps_odd_modes_and_warns_once(tmp_path, caplog):
     _, bad = write_bad_imagefolder(tmp_path / "bad")
     ds = load_caption_dataset(str(tmp_path / "bad"), cache_dir=str(tmp_path / "cache"))
     assert len(ds) == 25
-    with caplog.at_level(logging.WARNING, logger="minivlm.data.adapters"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.processing.adapters"):
         cleaned = clean_caption_dataset(ds, max_bad_fraction=0.5)
     assert sorted(cleaned["id"]) == sorted(set(ds["id"]) - set(bad))
     assert cleaned.features == UNIFORM_FEATURES
-    warnings_ = [r.getMessage() for r in caplog.records if r.name == "minivlm.data.adapters" and r.levelname == "WARNING"]
+    warnings_ = [r.getMessage() for r in caplog.records if r.name == "minivlm.processing.adapters" and r.levelname == "WARNING"]
     assert len(warnings_) == 1
     assert ("dropped 6 of 25 examples (2 truncated image, 1 no non-empty caption, 1 empty file, "
             "1 undecodable image, 1 missing file); removed 2 empty captions from kept examples") in warnings_[0]
@@ -296,7 +296,7 @@ def test_clean_in_memory_bytes_and_path_column(tmp_path):
 def test_a_single_saved_split_serves_any_split(tmp_path, caplog):
     flickr_like(3).save_to_disk(tmp_path / "one")
     assert load_caption_dataset(str(tmp_path / "one"))["id"][:] == ["0", "1", "2"]
-    with caplog.at_level(logging.WARNING, logger="minivlm.data.adapters"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.processing.adapters"):
         assert len(load_caption_dataset(str(tmp_path / "one"), "test")) == 3
     assert "holds a single saved split; using it as split 'test'" in caplog.text
 
@@ -304,7 +304,7 @@ def test_a_single_saved_split_serves_any_split(tmp_path, caplog):
 def test_max_bad_fraction_is_an_inclusive_limit(caplog):
     source = to_caption_dataset(flickr_like(20))
     one_bad = source.map(lambda c, i: {"captions": [" "] if i == 7 else c}, input_columns="captions", with_indices=True)
-    with caplog.at_level(logging.WARNING, logger="minivlm.data.adapters"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.processing.adapters"):
         assert "7" not in clean_caption_dataset(one_bad)["id"]  # 1/20 = 5%: not more than the default
     assert "dropped 1 of 20 examples (1 no non-empty caption)" in caplog.text
     two_bad = one_bad.map(lambda c, i: {"captions": [] if i == 3 else c}, input_columns="captions", with_indices=True)
@@ -315,12 +315,12 @@ def test_max_bad_fraction_is_an_inclusive_limit(caplog):
 
 # -- the one entry point: resolve, load, clean, attach what the scorers need ---------------------------
 def test_resolve_generates_the_shapes_set_once_and_passes_other_names_through(tmp_path):
-    from minivlm.data.loading import resolve_dataset
+    from minivlm.processing.loading import resolve_dataset
 
     assert resolve_dataset("jxie/flickr8k", shapes_dir=tmp_path / "unused") == "jxie/flickr8k"
     assert not (tmp_path / "unused").exists()
     folder = tmp_path / "shapes"
-    with pytest.raises(FileNotFoundError, match=r"no shapes split 'test' in .*python -m minivlm.data.shapes"):
+    with pytest.raises(FileNotFoundError, match=r"no shapes split 'test' in .*python -m minivlm.processing.shapes"):
         resolve_dataset("shapes", shapes_dir=folder, split="test", generate=False)
     assert resolve_dataset("shapes", shapes_dir=folder, num_train=3, num_eval=2, image_size=32) == str(folder)
     records = (folder / "validation" / "metadata.jsonl").read_text().splitlines()
@@ -331,7 +331,7 @@ def test_resolve_generates_the_shapes_set_once_and_passes_other_names_through(tm
 
 
 def test_load_dataset_splits_attaches_the_shapes_objects_to_the_evaluation_split(tmp_path):
-    from minivlm.data.loading import load_dataset_splits
+    from minivlm.processing.loading import load_dataset_splits
 
     folder = generate_shapes_dataset(tmp_path / "shapes", num_train=6, num_validation=4, num_test=0, image_size=32)
     train, evaluation = load_dataset_splits("shapes", shapes_dir=folder, max_eval_samples=3, seed=1)

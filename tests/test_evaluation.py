@@ -20,12 +20,12 @@ from PIL import Image
 from transformers import TrainingArguments
 
 from conftest import REPO_ROOT, make_config, make_images, make_model, make_processor
-from minivlm.data.grounding import parse_boxes
+from minivlm.processing.grounding import parse_boxes
 from minivlm.evaluation.boxes import box_metrics
 from minivlm.evaluation.vqa import vqa_accuracy
-from minivlm.data.collator import CaptionCollator
+from minivlm.processing.collator import CaptionCollator
 from minivlm.evaluation.metrics import compute_caption_metrics
-from minivlm.data.shapes import generate_shapes_dataset, shapes_accuracy
+from minivlm.processing.shapes import generate_shapes_dataset, shapes_accuracy
 from minivlm.evaluation.captioning import evaluate_captions, generate_captions
 from minivlm.training.callbacks import CaptionEvalCallback
 from minivlm.evaluation.plots import patch_feature_norms, plot_caption_grid, plot_loss_curve, plot_patch_heatmap
@@ -332,7 +332,7 @@ def test_eval_callback_adds_answer_and_box_scores_when_given_questions():
     # function the callback calls (a metric bug would then cancel out).
     from conftest import WORDS
 
-    from minivlm.data.tokenizer import build_word_level_tokenizer
+    from minivlm.processing.tokenizer import build_word_level_tokenizer
 
     tokenizer = build_word_level_tokenizer([WORDS + " 0 250 500 1000 [ ] , 2 no box"])
     processor = make_processor(make_config(tokenizer), tokenizer)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import make_images
 
-from minivlm.data.adapters import to_caption_dataset
-from minivlm.data.conversations import from_chat, to_training_view
+from minivlm.processing.adapters import to_caption_dataset
+from minivlm.processing.conversations import from_chat, to_training_view
 from minivlm.evaluation.answering import evaluate_answers
 from minivlm.evaluation.tasks import conversation_questions, data_tasks, evaluation_sets, scores_by_task
 

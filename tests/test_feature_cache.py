@@ -5,9 +5,9 @@ import pytest
 import torch
 from conftest import make_config, make_model, make_processor
 
-from minivlm.data.collator import CaptionCollator
+from minivlm.processing.collator import CaptionCollator
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features, vision_features_fingerprint
-from minivlm.data.shapes import make_shapes_examples
+from minivlm.processing.shapes import make_shapes_examples
 
 
 def shapes_dataset(n: int = 6) -> datasets.Dataset:

@@ -4,8 +4,8 @@ checked against values computed by hand."""
 import pytest
 from PIL import Image
 
-from minivlm.data.grounding import box_to_grid, draw_boxes, format_box, grid_to_pixels, parse_boxes
-from minivlm.data.shapes import BOX_STEP, make_shapes_examples, score_caption, shapes_conversation
+from minivlm.processing.grounding import box_to_grid, draw_boxes, format_box, grid_to_pixels, parse_boxes
+from minivlm.processing.shapes import BOX_STEP, make_shapes_examples, score_caption, shapes_conversation
 from minivlm.evaluation.boxes import box_iou, box_metrics
 from minivlm.evaluation.vqa import normalize_answer, vqa_accuracy, vqa_score
 
@@ -103,7 +103,7 @@ def test_box_metrics_by_hand():
 def test_word_level_tokenizer_drops_question_marks_and_survives_a_reload(tmp_path):
     from transformers import AutoTokenizer
 
-    from minivlm.data.tokenizer import build_word_level_tokenizer
+    from minivlm.processing.tokenizer import build_word_level_tokenizer
 
     tokenizer = build_word_level_tokenizer(["what colour is the triangle? red", "locate the circle [10, 20, 30, 40]"])
     assert "?" not in tokenizer.get_vocab()
@@ -119,7 +119,7 @@ def test_word_level_tokenizer_drops_question_marks_and_survives_a_reload(tmp_pat
 def test_a_set_with_older_questions_is_written_again_and_other_folders_are_untouched(tmp_path):
     import json
 
-    from minivlm.data.shapes import SHAPES_MARKER, ensure_shapes_dataset, generate_shapes_dataset
+    from minivlm.processing.shapes import SHAPES_MARKER, ensure_shapes_dataset, generate_shapes_dataset
 
     folder = generate_shapes_dataset(tmp_path / "shapes", num_train=3, num_validation=0, num_test=0, image_size=32)
     marker = folder / SHAPES_MARKER
@@ -137,7 +137,7 @@ def test_a_set_with_older_questions_is_written_again_and_other_folders_are_untou
 
 
 def test_multi_turn_fraction_outside_zero_to_one_is_refused(processor):
-    from minivlm.data.collator import ConversationCollator
+    from minivlm.processing.collator import ConversationCollator
 
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="between 0 and 1"):
@@ -210,7 +210,7 @@ def test_vqa_normalisation_of_punctuation(raw, expected):
 
 
 def test_the_vqa_target_is_the_most_frequent_answer_and_ties_go_to_the_first_given():
-    from minivlm.data.conversations import vqa_target
+    from minivlm.processing.conversations import vqa_target
 
     assert vqa_target(["blue", "red", "red"]) == "red"
     assert vqa_target(["blue", "red", "red", "blue"]) == "blue"  # 2 - 2: blue came first

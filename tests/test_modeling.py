@@ -327,7 +327,7 @@ def test_build_from_pretrained_parts(tmp_path, processor):
     from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
 
     from minivlm import build_from_pretrained_parts
-    from minivlm.data.tokenizer import build_word_level_tokenizer
+    from minivlm.processing.tokenizer import build_word_level_tokenizer
 
     torch.manual_seed(0)
     vision_dir, lm_dir = tmp_path / "vit", tmp_path / "lm"

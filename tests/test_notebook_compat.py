@@ -12,8 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTImageProce
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm.benchmark.notebook import NotebookMiniVLM, VisionProjector  # the notebook's classes, as it defines them
 from minivlm import MiniVLMProcessor
-from minivlm.data.builder import build_from_parts
-from minivlm.data.tokenizer import build_word_level_tokenizer
+from minivlm.processing.builder import build_from_parts
+from minivlm.processing.tokenizer import build_word_level_tokenizer
 
 
 def tiny_parts(seed=0):

@@ -26,9 +26,9 @@ from transformers import (
     pipeline,
 )
 
-from minivlm.data.shapes import generate_shapes_dataset
+from minivlm.processing.shapes import generate_shapes_dataset
 from minivlm.evaluation.captioning import evaluate_captions
-from minivlm.data.loading import load_split
+from minivlm.processing.loading import load_split
 from minivlm.training.run import parse_args, train
 
 

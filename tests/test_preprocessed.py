@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minivlm.data.collator import ConversationCollator, PreprocessedDataset, preprocessed_size
+from minivlm.processing.collator import ConversationCollator, PreprocessedDataset, preprocessed_size
 
 from conftest import make_images
 

@@ -180,7 +180,7 @@ def test_processor_save_and_load_round_trip(tmp_path, processor):
 
 
 def test_tokenizer_without_image_token_is_rejected(processor):
-    from minivlm.data.tokenizer import build_word_level_tokenizer
+    from minivlm.processing.tokenizer import build_word_level_tokenizer
 
     tokenizer = build_word_level_tokenizer(["a b"], image_token="<img>")
     with pytest.raises(ValueError, match="no '<image>' token"):

@@ -13,8 +13,8 @@ import pytest
 from test_training import TINY_TEXT, TINY_VISION, shapes_dir, tiny_argv  # noqa: F401 (fixture)
 
 import minivlm.training.run as run_module
-from minivlm.data.adapters import clean_caption_dataset, load_caption_dataset
-from minivlm.data.shapes import generate_shapes_dataset
+from minivlm.processing.adapters import clean_caption_dataset, load_caption_dataset
+from minivlm.processing.shapes import generate_shapes_dataset
 from minivlm.training.run import parse_args, train
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minivlm.data.conversations import mix_datasets
+from minivlm.processing.conversations import mix_datasets
 
 
 def caption_rows(prefix: str, n: int) -> datasets.Dataset:
@@ -51,7 +51,7 @@ def test_mixture_weights_must_be_positive_and_finite(weights):
 # -- the multi-turn share of the caption-and-questions rows ------------------------------------------------
 @pytest.mark.parametrize("fraction", [0.25, 1.0, 0.0])
 def test_the_multi_turn_share_is_the_documented_draw_per_row(processor, fraction):
-    from minivlm.data.collator import ConversationCollator
+    from minivlm.processing.collator import ConversationCollator
 
     questions = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a"}]},
                  {"role": "assistant", "content": [{"type": "text", "text": "b"}]}]

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from test_training import tiny_argv
 
-from minivlm.data.adapters import BadDataError
-from minivlm.data.conversations import clean_conversations, from_cauldron, from_llava, from_vqa, load_training_data
+from minivlm.processing.adapters import BadDataError
+from minivlm.processing.conversations import clean_conversations, from_cauldron, from_llava, from_vqa, load_training_data
 from minivlm.training.run import DataArguments, parse_args, train
 
 LIMIT = 8192 * 8192  # the pixel limit the README states (67,108,864)
@@ -67,7 +67,7 @@ def data_args(**values):
 
 def test_llava_rows_outside_the_image_folder_or_missing_are_dropped_before_training(hostile_llava, caplog):
     path, folder = hostile_llava
-    with caplog.at_level(logging.WARNING, logger="minivlm.data.conversations"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.processing.conversations"):
         train, _ = load_training_data(data_args(dataset=str(path), dataset_format="llava", image_folder=str(folder),
                                                 max_bad_fraction=0.5), seed=0)
     assert sorted(train["id"]) == ["absolute_inside", "good0", "good1", "inner_link"]
@@ -116,7 +116,7 @@ def test_the_image_token_in_a_vqa_question_or_a_cauldron_turn_is_caught_while_cl
         "image": [image] * 4, "id": ["q0", "q1", "q2", "q3"],
         "question": ["what colour?", "what is <image> here?", "how many?", "shape?"],
         "answer": ["red", "two", "3 <image>", "round"]}))
-    with caplog.at_level(logging.WARNING, logger="minivlm.data.conversations"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.processing.conversations"):
         kept = clean_conversations(vqa, max_bad_fraction=0.5)
     assert kept["id"] == ["q0", "q3"]
     assert "dropped 2 of 4 conversations (2 text holds the image token)" in caplog.text
@@ -139,14 +139,14 @@ def test_conversation_images_are_checked_from_the_header_at_exactly_the_pixel_li
         paths.append(str(tmp_path / f"{name}.png"))
     vqa = from_vqa(datasets.Dataset.from_dict({"image": paths, "id": list(sizes), "question": ["q"] * 5,
                                                "answer": ["a"] * 5}).cast_column("image", datasets.Image()))
-    with caplog.at_level(logging.WARNING, logger="minivlm.data.conversations"):
+    with caplog.at_level(logging.WARNING, logger="minivlm.processing.conversations"):
         kept = clean_conversations(vqa, max_bad_fraction=1.0)
     assert kept["id"] == ["at_limit", "small"]  # read from the header only: none of them could be decoded
     assert "dropped 3 of 5 conversations (3 image too large)" in caplog.text
 
 
 def test_the_caption_path_keeps_an_image_of_exactly_the_limit_and_drops_one_more_pixel(tmp_path):
-    from minivlm.data.adapters import clean_caption_dataset
+    from minivlm.processing.adapters import clean_caption_dataset
 
     Image.new("1", (8192, 8192)).save(tmp_path / "at_limit.png")  # decodable: the caption path decodes in full
     (tmp_path / "one_over.png").write_bytes(header_only_png(5, 13421773))

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from test_training import shapes_dir  # noqa: F401 (fixture)
 
-from minivlm.data.adapters import load_caption_dataset
+from minivlm.processing.adapters import load_caption_dataset
 from minivlm.evaluation.metrics import compute_caption_metrics
 
 

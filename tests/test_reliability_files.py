@@ -149,7 +149,7 @@ def _pngs(folder):
 
 
 def test_regenerating_the_shapes_set_keeps_the_users_files_in_its_split_folders(tmp_path):
-    from minivlm.data.shapes import SHAPES_MARKER, ensure_shapes_dataset, generate_shapes_dataset
+    from minivlm.processing.shapes import SHAPES_MARKER, ensure_shapes_dataset, generate_shapes_dataset
 
     folder = generate_shapes_dataset(tmp_path / "shapes", num_train=4, num_validation=2, num_test=2, image_size=32)
     (folder / "train" / "myphoto.jpg").write_bytes(b"the user's photo")
@@ -168,7 +168,7 @@ def test_regenerating_the_shapes_set_keeps_the_users_files_in_its_split_folders(
 
 
 def test_an_interrupted_generation_is_finished_without_touching_the_users_files(tmp_path):
-    from minivlm.data.shapes import SHAPES_MARKER, ensure_shapes_dataset, generate_shapes_dataset
+    from minivlm.processing.shapes import SHAPES_MARKER, ensure_shapes_dataset, generate_shapes_dataset
 
     folder = generate_shapes_dataset(tmp_path / "shapes", num_train=3, num_validation=0, num_test=0, image_size=32)
     record = json.loads((folder / SHAPES_MARKER).read_text())
@@ -197,7 +197,7 @@ def test_asking_for_more_shapes_images_than_the_set_holds_trains_on_that_many(tm
 
 
 def test_a_set_from_before_the_marker_with_other_counts_is_refused_not_trained(tmp_path):
-    from minivlm.data.shapes import SHAPES_MARKER, ShapesFolderError, ensure_shapes_dataset, generate_shapes_dataset
+    from minivlm.processing.shapes import SHAPES_MARKER, ShapesFolderError, ensure_shapes_dataset, generate_shapes_dataset
 
     folder = generate_shapes_dataset(tmp_path / "shapes", num_train=8, num_validation=2, num_test=2, image_size=32)
     (folder / SHAPES_MARKER).unlink()  # written by a version that left no marker
@@ -211,7 +211,7 @@ def test_a_split_folder_that_is_a_link_is_refused_and_nothing_is_written_through
     import os
     import shutil
 
-    from minivlm.data.shapes import ShapesFolderError, ensure_shapes_dataset, generate_shapes_dataset
+    from minivlm.processing.shapes import ShapesFolderError, ensure_shapes_dataset, generate_shapes_dataset
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minivlm.data.shapes import (
+from minivlm.processing.shapes import (
     COLOURS,
     DEFAULT_COLOURS,
     DEFAULT_SHAPES,

@@ -16,7 +16,7 @@ from conftest import TINY_TEXT, TINY_VISION
 from transformers import TrainerCallback
 
 from minivlm import MiniVLMForConditionalGeneration
-from minivlm.data.adapters import BadDataError
+from minivlm.processing.adapters import BadDataError
 from minivlm.training.presets import PRESETS
 from minivlm.training.run import apply_freezing, parse_args, train
 from minivlm.training.trainer import EXIT_STOPPED, checkpoint_problem, last_complete_checkpoint
@@ -24,7 +24,7 @@ from minivlm.training.trainer import EXIT_STOPPED, checkpoint_problem, last_comp
 
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
-    from minivlm.data.shapes import generate_shapes_dataset
+    from minivlm.processing.shapes import generate_shapes_dataset
 
     return str(generate_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=24, num_validation=8,
                                        num_test=8, image_size=32, seed=0))

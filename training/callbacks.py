@@ -22,7 +22,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from minivlm.data.collator import CaptionCollator
+from minivlm.processing.collator import CaptionCollator
 from minivlm.evaluation.captioning import SCORE_KEYS, evaluate_captions
 from minivlm.evaluation.tasks import evaluation_sets
 
@@ -114,7 +114,7 @@ class CaptionEvalCallback(TrainerCallback):
         questions: questions about validation images (`evaluation.answering.load_questions`: the shapes
             set's typed questions, or VQA columns with all their answers) to use instead of those the
             conversations of ``dataset`` hold.
-        objects: the shapes set's objects by id (`minivlm.data.loading.shapes_objects`), for
+        objects: the shapes set's objects by id (`minivlm.processing.loading.shapes_objects`), for
             ``shapes_accuracy`` when ``dataset`` does not carry them.
 
     Attributes:

@@ -36,7 +36,7 @@ import datasets
 import numpy as np
 import torch
 
-from minivlm.data.collator import CaptionCollator
+from minivlm.processing.collator import CaptionCollator
 from minivlm.processing_minivlm import MiniVLMProcessor, to_rgb
 
 
@@ -132,7 +132,7 @@ def cache_vision_features(
     if "image" not in dataset.column_names:
         raise ValueError(
             f"the dataset has no 'image' column (columns: {dataset.column_names}); pass the uniform view "
-            "(image, captions, id) from minivlm.data.adapters.load_caption_dataset / clean_caption_dataset."
+            "(image, captions, id) from minivlm.processing.adapters.load_caption_dataset / clean_caption_dataset."
         )
     if any(p.requires_grad for p in model.vision_tower.parameters()):
         logger.warning(

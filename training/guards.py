@@ -411,7 +411,7 @@ def prepare_shapes_set(data_args, training_args) -> None:
     process writes it while the others wait), only into a new, empty or generator-made folder."""
     if "shapes" not in data_args.dataset.split(","):
         return
-    from minivlm.data.shapes import ensure_shapes_dataset
+    from minivlm.processing.shapes import ensure_shapes_dataset
 
     with training_args.main_process_first(local=True, desc="generating the shapes set"):
         ensure_shapes_dataset(

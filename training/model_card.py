@@ -254,7 +254,7 @@ def card_examples(predictions: Sequence[Mapping[str, Any]], dataset=None, count:
         return {}
     has_images = dataset is not None and "image" in getattr(dataset, "column_names", ())
     if dataset is not None and "objects" in getattr(dataset, "column_names", ()):
-        from minivlm.data.shapes import score_caption
+        from minivlm.processing.shapes import score_caption
 
         for prediction, objects in zip(predictions, dataset["objects"]):
             prediction["score"] = float(score_caption(prediction["caption"], objects))

@@ -20,14 +20,14 @@ from transformers import AutoProcessor, HfArgumentParser, TrainerState, set_seed
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
-from minivlm.data.collator import CaptionCollator, PreprocessedDataset, preprocessed_size
-from minivlm.data.conversations import load_eval_questions, load_training_data, training_texts
-from minivlm.data.shapes import shapes_texts
-from minivlm.data.loading import caption_column_argument, load_dataset_splits
+from minivlm.processing.collator import CaptionCollator, PreprocessedDataset, preprocessed_size
+from minivlm.processing.conversations import load_eval_questions, load_training_data, training_texts
+from minivlm.processing.shapes import shapes_texts
+from minivlm.processing.loading import caption_column_argument, load_dataset_splits
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features
-from minivlm.data.tokenizer import build_word_level_tokenizer
+from minivlm.processing.tokenizer import build_word_level_tokenizer
 
-from minivlm.data.loading import shapes_objects
+from minivlm.processing.loading import shapes_objects
 from minivlm.evaluation.answering import ANSWER_DECODING, QUESTION_SCORE_KEYS
 from minivlm.evaluation.captioning import DEFAULT_DECODING, SCORE_KEYS
 from minivlm.evaluation.tasks import data_tasks, scores_by_task
@@ -185,7 +185,7 @@ def load_data(data_args: DataArguments, seed: int):
     """The training split and the evaluation split (or None), through the one data entry point:
     the shapes set resolved (generated when missing), both cleaned, the evaluation split with the
     shapes ``objects`` that ``eval_shapes_accuracy`` needs. Conversation formats and mixtures of
-    sources (`--dataset_format`, `--dataset a,b`) go through `minivlm.data.conversations`."""
+    sources (`--dataset_format`, `--dataset a,b`) go through `minivlm.processing.conversations`."""
     if data_args.dataset_format or "," in data_args.dataset:
         return load_training_data(data_args, seed)  # conversations, mixtures
     return load_dataset_splits(
@@ -207,7 +207,7 @@ def build_model(
     set, every word the set can say (captions, questions, answers), so a captioner trained on it can
     be instruction-tuned on the same set later (`--model_name_or_path`) without unknown words.
     """
-    from minivlm.data import builder
+    from minivlm.processing import builder
 
     attn = model_args.attn_implementation
     if model_args.model_name_or_path:
