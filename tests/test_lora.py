@@ -277,6 +277,8 @@ def test_lora_folder_loads_from_any_working_directory(relative_lora, shapes_dir,
     assert config["base_model_name_or_path"] == str((work / "outputs" / "full").resolve())
     record = json.loads((work / "outputs" / "lora" / BASE_RECORD_NAME).read_text())
     assert record["base_model_name_or_path"] == "outputs/full" and record["base_model_relative_path"] == "../full"
+    checkpoints = sorted((work / "outputs" / "lora").glob("checkpoint-*"))
+    assert checkpoints and all((c / BASE_RECORD_NAME).is_file() for c in checkpoints), checkpoints  # each save
     monkeypatch.chdir(tmp_path)  # where "outputs/full" does not exist
     inputs = lora_inputs(work / "outputs" / "lora", shapes_dir)
     loaded = AutoModel.from_pretrained(work / "outputs" / "lora", trust_remote_code=True)

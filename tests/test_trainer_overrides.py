@@ -15,7 +15,15 @@ from transformers import Trainer
 from minivlm.training.trainer import MiniVLMTrainer
 
 
-OVERRIDDEN_PRIVATE_METHODS = ("_load_from_checkpoint", "_load_best_model", "_push_from_checkpoint")
+# Each private Trainer method MiniVLMTrainer overrides, and why no public hook does the job.
+OVERRIDDEN_PRIVATE_METHODS = {
+    # resume: the Trainer loads with strict=False, and the ViT's file keys differ from its module keys
+    "_load_from_checkpoint": "weights through from_pretrained, strict",
+    # load_best_model_at_end: the same loader as resume
+    "_load_best_model": "weights through from_pretrained, strict",
+    # hub_strategy every_save/checkpoint: the remote code and card must be in the folder before each upload
+    "_push_from_checkpoint": "remote code + card in every pushed commit, no pickles",
+}
 
 
 def _parameters(function) -> list[tuple[str, object, object]]:
@@ -34,6 +42,15 @@ def test_overridden_private_trainer_methods_still_exist_with_the_same_signature(
         f"transformers.Trainer.{name} changed its signature to {inspect.signature(base)}, MiniVLMTrainer.{name} has "
         f"{inspect.signature(getattr(MiniVLMTrainer, name))}: the Trainer may call it with arguments the override "
         "drops. Update the override in training/trainer.py."
+    )
+
+
+def test_every_private_trainer_method_overridden_is_listed_here_with_its_reason():
+    overridden = {name for name in vars(MiniVLMTrainer)
+                  if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)}
+    assert overridden == set(OVERRIDDEN_PRIVATE_METHODS), (
+        f"MiniVLMTrainer overrides private Trainer methods {sorted(overridden)}; this test guards "
+        f"{sorted(OVERRIDDEN_PRIVATE_METHODS)}. Add each new one with its reason (or prefer a public hook)."
     )
 
 
