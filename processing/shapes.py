@@ -292,10 +292,16 @@ def _marker_record(output_dir: str | Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
+# The generator's name in the marker; sets written under the package's former name are ours too.
+SHAPES_GENERATOR = "minivlm.processing.shapes"
+_FORMER_GENERATORS = ("minivlm.data.shapes",)
+
+
 def is_shapes_folder(output_dir: str | Path, complete: bool = True) -> bool:
     """Whether ``output_dir`` holds a shapes set this generator wrote (``complete``: and finished writing)."""
     record = _marker_record(output_dir)
-    return record.get("generator") == "minivlm.processing.shapes" and bool(record.get("complete") or not complete)
+    return (record.get("generator") in (SHAPES_GENERATOR, *_FORMER_GENERATORS)
+            and bool(record.get("complete") or not complete))
 
 
 def generate_shapes_dataset(
@@ -371,7 +377,7 @@ def shapes_parameters(
 ) -> dict[str, Any]:
     """What the marker records of a set: every argument its content depends on (the same arguments give
     byte-identical files), and the generator's name and `QUESTIONS_VERSION`."""
-    return {"generator": "minivlm.processing.shapes", "num_train": num_train, "num_validation": num_validation,
+    return {"generator": SHAPES_GENERATOR, "num_train": num_train, "num_validation": num_validation,
             "num_test": num_test, "image_size": image_size, "seed": seed, "shapes": list(shapes),
             "colours": list(colours), "two_object_prob": two_object_prob, "questions_version": QUESTIONS_VERSION}
 
@@ -417,7 +423,7 @@ def ensure_shapes_dataset(output_dir: str | Path, **kwargs: Any) -> Path:
     if is_shapes_folder(output_dir):
         record = {"questions_version": 1, **_marker_record(output_dir)}  # version 1 recorded none
         changes = [f"{name} {record.get(name)} → {value}" for name, value in shapes_parameters(**kwargs).items()
-                   if record.get(name) != value]
+                   if name != "generator" and record.get(name) != value]
         if not changes:
             return output_dir
         logger.warning("%s holds a shapes set made with other arguments (%s); writing it again.", output_dir,

@@ -224,3 +224,19 @@ def test_a_split_folder_that_is_a_link_is_refused_and_nothing_is_written_through
         ensure_shapes_dataset(folder, num_train=3, num_validation=0, num_test=0, image_size=32)
     assert sorted(p.name for p in photos.iterdir()) == ["metadata.jsonl", "train_00000.png"]
     assert (photos / "train_00000.png").read_bytes() == b"the user's"
+
+
+def test_a_set_written_under_the_former_package_name_is_ours_and_reused_untouched(tmp_path):
+    from minivlm.processing.shapes import SHAPES_MARKER, ensure_shapes_dataset, generate_shapes_dataset
+
+    folder = generate_shapes_dataset(tmp_path / "shapes", num_train=4, num_validation=2, num_test=2, image_size=32)
+    marker = folder / SHAPES_MARKER
+    record = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**record, "generator": "minivlm.data.shapes"}))  # the previous release's record
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    ensure_shapes_dataset(folder, num_train=4, num_validation=2, num_test=2, image_size=32)
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == stamps  # neither refused nor rewritten
+    # Other arguments: it is ours, so it is written again (not refused as a stranger's folder).
+    ensure_shapes_dataset(folder, num_train=6, num_validation=2, num_test=2, image_size=32)
+    assert len(_pngs(folder / "train")) == 6
+    assert json.loads(marker.read_text())["generator"] == "minivlm.processing.shapes"
