@@ -115,7 +115,8 @@ class ConversationCollator:
     to `image_seq_length` image tokens; each assistant turn is cut to `max_caption_tokens` tokens
     with its EOS always last. Returns `input_ids`, `attention_mask`, `labels` `(batch, seq)`, right
     padded to the batch's longest sequence (labels -100 everywhere but on assistant tokens),
-    `pixel_values` `(num_images, 3, H, W)` (the images of every row, in order), and
+    `pixel_values` `(num_images, 3, H, W)` (the images of every row, in order; `vision_features` instead
+    for the rows of a `PreprocessedDataset` whose images were encoded once), and
     `logits_to_keep` (an int: the positions from the one before the batch's first target on, the
     only ones whose logits the loss reads).
 
@@ -165,8 +166,9 @@ class ConversationCollator:
     def images(example: dict[str, Any]) -> list[Any]:
         """The example's images, in the order of its image parts (a `(n, 3, H, W)` tensor for a row of a
         `PreprocessedDataset`)."""
-        if "pixel_values" in example:
-            return example["pixel_values"]
+        for key in ("pixel_values", "vision_features"):
+            if key in example:
+                return example[key]
         if is_conversation(example):
             return list(example.get("images") or [])
         return [example["image"]] if "image" in example else list(example["images"])[:1]
@@ -354,7 +356,7 @@ class ConversationCollator:
             raise ValueError("a batch mixes preprocessed rows (pixel_values) with raw images; use one or the other.")
         batch = self.text_batch(examples)
         if pixels:
-            batch["pixel_values"] = torch.cat(pixels)
+            batch["vision_features" if "vision_features" in examples[0] else "pixel_values"] = torch.cat(pixels)
         elif images:
             batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return batch
@@ -407,9 +409,36 @@ class PreprocessedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    key = "pixel_values"  # "vision_features" once `encode_images` ran
+
+    def encode_images(self, model: Any, batch_size: int = 256) -> None:
+        """Replaces the pixels with what the model's vision encoder makes of them (`get_vision_features`:
+        encoder, feature selection, pixel shuffle, i.e. what the projector reads); rows then carry
+        `vision_features`, which the model takes in place of `pixel_values`, and a step runs the projector
+        and the LM only. Only for an encoder that does not change while training (frozen, no dropout):
+        its output for an image is then the same in every step, so computing it once changes nothing
+        that is learned."""
+        if self.key != "pixel_values":
+            raise ValueError("the images are encoded already.")
+        encoder = model.vision_tower
+        if any(p.requires_grad for p in encoder.parameters()):
+            raise ValueError("encode_images needs a frozen vision encoder (--freeze vision): a training encoder "
+                             "changes its features every step.")
+        device, dtype = next(encoder.parameters()).device, next(encoder.parameters()).dtype
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                features = [model.get_vision_features(self.pixel_values[start:start + batch_size].to(device, dtype)).cpu()
+                            for start in range(0, len(self.pixel_values), batch_size)]
+        finally:
+            model.train(was_training)
+        self.pixel_values = torch.cat(features) if features else torch.empty(0)
+        self.key = "vision_features"
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = dict(self.rows[index])
-        row["pixel_values"] = self.pixel_values[self.offsets[index]:self.offsets[index + 1]]
+        row[self.key] = self.pixel_values[self.offsets[index]:self.offsets[index + 1]]
         return row
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
@@ -417,7 +446,7 @@ class PreprocessedDataset(torch.utils.data.Dataset):
 
     @property
     def column_names(self) -> list[str]:
-        return [*(self.rows[0] if self.rows else {}), "pixel_values"]
+        return [*(self.rows[0] if self.rows else {}), self.key]
 
 
 class CaptionCollator(ConversationCollator):

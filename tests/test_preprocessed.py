@@ -99,3 +99,71 @@ def test_preprocessing_by_default_holds_at_exactly_the_byte_limit(processor, mon
             SimpleNamespace(cache_vision_features=False))
     assert run._preprocesses_images(*args, caption_rows(3), processor)  # at the limit: preprocessed
     assert not run._preprocesses_images(*args, caption_rows(4), processor)  # one image more: not
+
+
+def _frozen(model):
+    model.vision_tower.requires_grad_(False)
+    return model
+
+
+def test_encoded_rows_give_the_loss_and_gradients_of_the_pixel_rows(processor, model):
+    # Independent path: the model's own forward on the collated pixels (encoder run in the step).
+    rows = caption_rows(4)
+    prepared = PreprocessedDataset(rows, processor, batch_size=3)
+    collator = ConversationCollator(processor, seed=1)
+    pixel_batch = collator(prepared.__getitems__([0, 1, 2, 3]))
+    _frozen(model).train()
+    prepared.encode_images(model, batch_size=3)  # chunks cut through the split
+    assert prepared.key == "vision_features" and prepared.column_names[-1] == "vision_features"
+    feature_batch = collator(prepared.__getitems__([0, 1, 2, 3]))
+    assert "pixel_values" not in feature_batch and feature_batch["vision_features"].shape[:2] == (
+        4, model.config.image_seq_length)
+    assert torch.equal(feature_batch["input_ids"], pixel_batch["input_ids"])
+    assert model.training  # encoding left the model's mode as it was
+    losses, grads = [], []
+    for batch in (pixel_batch, feature_batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_encoding_refuses_an_encoder_that_trains_or_was_encoded(processor, model):
+    prepared = PreprocessedDataset(caption_rows(2), processor)
+    with pytest.raises(ValueError, match="frozen vision encoder"):
+        prepared.encode_images(model)  # every parameter trains
+    prepared.encode_images(_frozen(model))
+    with pytest.raises(ValueError, match="encoded already"):
+        prepared.encode_images(model)
+
+
+def test_training_encodes_images_once_only_for_a_fixed_encoder(tmp_path):
+    import json
+
+    from test_training import TINY_VISION, tiny_argv
+
+    from minivlm.training.run import parse_args, train
+
+    shapes = tmp_path / "shapes"
+    common = ["--shapes_dir", str(shapes), "--shapes_num_train", "8", "--shapes_num_eval", "2", "--shapes_image_size", "32",
+              "--max_steps", "2", "--save_strategy", "no", "--eval_strategy", "no", "--seed", "3"]
+    runs = {}
+    for name, extra in {"encoded": ["--freeze", "vision"],
+                        "pixels": ["--freeze", "vision", "--preprocess_images", "false"],
+                        "training_encoder": ["--freeze", "none"],
+                        "dropout": ["--freeze", "vision", "--tiny_vision_config",
+                                    json.dumps({**TINY_VISION, "hidden_dropout_prob": 0.1})]}.items():
+        runs[name] = train(*parse_args(tiny_argv(tmp_path / name, "shapes", *common, *extra)))
+    assert runs["encoded"].train_dataset.key == "vision_features"
+    assert runs["training_encoder"].train_dataset.key == "pixel_values"
+    assert runs["dropout"].train_dataset.key == "pixel_values"  # dropout: features differ per step
+    # The same two steps as the run that encodes the pixels in every step.
+    encoded, pixels = runs["encoded"].model.state_dict(), runs["pixels"].model.state_dict()
+    assert encoded.keys() == pixels.keys()
+    for name in encoded:
+        torch.testing.assert_close(encoded[name], pixels[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert not all(torch.equal(encoded[n], runs["training_encoder"].model.state_dict()[n]) for n in encoded)

@@ -303,6 +303,10 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
         train_dataset = collator.add_length_column(train_dataset, training_args.length_column_name)
     if _preprocesses_images(data_args, training_args, model_args, train_dataset, processor):
         train_dataset = PreprocessedDataset(train_dataset, processor)
+        if _encoder_is_fixed(model):
+            # A frozen encoder gives each image the same features in every step: encode them once.
+            train_dataset.encode_images(model, batch_size=training_args.per_device_eval_batch_size)
+            logger.info("MiniVLM: frozen vision encoder; training images encoded once (vision features)")
     card_context = {
         "base_model": [m for m in (model_args.vision_model, model_args.language_model) if m and not model_args.tiny_text_config],
         "dataset": data_args.dataset,
@@ -363,6 +367,18 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training")
     return trainer
+
+
+def _encoder_is_fixed(model) -> bool:
+    """Whether the vision encoder gives an image the same features in every step: nothing in it trains
+    (frozen, no LoRA adapter in it) and it has no dropout."""
+    encoder = model.vision_tower  # through a PeftModel too: its adapters in the encoder train
+    if any(p.requires_grad for p in encoder.parameters()):
+        return False
+    config = encoder.config.to_dict()
+    dropouts = [v for k, v in config.items() if "dropout" in k and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return not any(v > 0 for v in dropouts) and not any(isinstance(m, torch.nn.Dropout) and m.p > 0
+                                                         for m in encoder.modules())
 
 
 def _preprocesses_images(data_args, training_args, model_args, train_dataset, processor) -> bool:
