@@ -151,12 +151,15 @@ def test_training_encodes_images_once_only_for_a_fixed_encoder(tmp_path):
     shapes = tmp_path / "shapes"
     common = ["--shapes_dir", str(shapes), "--shapes_num_train", "8", "--shapes_num_eval", "2", "--shapes_image_size", "32",
               "--max_steps", "2", "--save_strategy", "no", "--eval_strategy", "no", "--seed", "3"]
+    trained = {}  # a trained encoder to freeze, without and with dropout
+    for name, vision in {"base": TINY_VISION, "base_dropout": {**TINY_VISION, "hidden_dropout_prob": 0.1}}.items():
+        train(*parse_args(tiny_argv(tmp_path / name, "shapes", *common, "--tiny_vision_config", json.dumps(vision))))
+        trained[name] = ["--model_name_or_path", str(tmp_path / name)]
     runs = {}
-    for name, extra in {"encoded": ["--freeze", "vision"],
-                        "pixels": ["--freeze", "vision", "--preprocess_images", "false"],
-                        "training_encoder": ["--freeze", "none"],
-                        "dropout": ["--freeze", "vision", "--tiny_vision_config",
-                                    json.dumps({**TINY_VISION, "hidden_dropout_prob": 0.1})]}.items():
+    for name, extra in {"encoded": ["--freeze", "vision", *trained["base"]],
+                        "pixels": ["--freeze", "vision", "--preprocess_images", "false", *trained["base"]],
+                        "training_encoder": ["--freeze", "none", *trained["base"]],
+                        "dropout": ["--freeze", "vision", *trained["base_dropout"]]}.items():
         runs[name] = train(*parse_args(tiny_argv(tmp_path / name, "shapes", *common, *extra)))
     assert runs["encoded"].train_dataset.key == "vision_features"
     assert runs["training_encoder"].train_dataset.key == "pixel_values"

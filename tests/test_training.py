@@ -250,8 +250,26 @@ def test_trained_folder_loads_with_remote_code_and_captions(tmp_path, shapes_dir
     assert caption == processor.post_process_image_text_to_text(ids[:, inputs["input_ids"].shape[1]:])[0]
 
 
-def test_training_from_cached_vision_features_matches_pixels(tmp_path, shapes_dir):
-    common = ("--max_steps", "3", "--freeze", "vision", "--save_strategy", "no")
+@pytest.fixture(scope="module")
+def tiny_captioner(tmp_path_factory, shapes_dir):
+    """A tiny captioner trained for two steps and saved: a trained encoder to freeze."""
+    out = tmp_path_factory.mktemp("tiny_captioner")
+    train(*parse_args(tiny_argv(out, shapes_dir, "--max_steps", "2", "--save_strategy", "no")))
+    return out
+
+
+def test_freezing_a_fresh_tiny_encoder_is_refused_before_any_work(tmp_path, shapes_dir):
+    argv = tiny_argv(tmp_path / "out", shapes_dir, "--freeze", "vision", "--max_steps", "1")
+    with pytest.raises(ValueError, match=r"--freeze vision would keep the vision encoder .* random initialisation.*"
+                                         r"--model_name_or_path.*--freeze none"):
+        train(*parse_args(argv))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    with pytest.raises(ValueError, match="--freeze projector-only would keep"):
+        train(*parse_args(tiny_argv(tmp_path / "out", shapes_dir, "--freeze", "projector-only", "--max_steps", "1")))
+
+
+def test_training_from_cached_vision_features_matches_pixels(tmp_path, shapes_dir, tiny_captioner):
+    common = ("--max_steps", "3", "--freeze", "vision", "--save_strategy", "no", "--model_name_or_path", str(tiny_captioner))
     from_pixels = train(*parse_args(tiny_argv(tmp_path / "pixels", shapes_dir, *common)))
     cached = train(*parse_args(tiny_argv(tmp_path / "cached", shapes_dir, *common, "--cache_vision_features", "true")))
     assert "vision_features" in cached.train_dataset.column_names

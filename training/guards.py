@@ -145,6 +145,12 @@ def check_arguments(model_args, data_args, training_args) -> None:
     else:
         if (vision is None) != (text is None):
             problems.append("a tiny model needs both --tiny_vision_config and --tiny_text_config")
+        elif vision is not None and not model_args.model_name_or_path and model_args.freeze != "none":
+            problems.append(
+                f"--freeze {model_args.freeze} would keep the vision encoder built from --tiny_vision_config at its random "
+                "initialisation: pass --model_name_or_path a trained model (e.g. the shapes-tiny captioner, as the "
+                "shapes-instruct preset expects), or --freeze none to train the encoder too"
+            )
     if problems:
         raise ValueError("invalid arguments:\n  - " + "\n  - ".join(problems))
 
