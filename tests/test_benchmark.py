@@ -110,22 +110,30 @@ def test_demo_steps_times_a_real_stage_and_counts_its_flops(tmp_path):
     assert run["gflop_per_step"] > 3 * 2 * vit_params * 65 * 32 / 1e9
 
 
-def test_demo_steps_report_speedups_and_roofline_shares_from_the_runs(monkeypatch):
+def test_demo_steps_report_speedups_and_roofline_shares_from_the_runs(monkeypatch, tmp_path):
     from minivlm.benchmark import demo_steps
 
-    timings = {("shapes-tiny", False): 100.0, ("shapes-tiny", True): 50.0,
-               ("shapes-instruct", False): 200.0, ("shapes-instruct", True): 160.0}
+    timings = {("shapes-tiny", False, ()): 100.0, ("shapes-tiny", True, ()): 50.0,
+               ("shapes-instruct", False, ("--freeze", "none")): 200.0,
+               ("shapes-instruct", True, ("--freeze", "none")): 160.0, ("shapes-instruct", True, ()): 80.0}
+    seen = []
 
-    def fake(preset, preprocess, *args, **kwargs):
-        ms = timings[(preset, preprocess)]
+    def fake(preset, preprocess, shapes_dir, steps, warmup, seed, num_train, extra=()):
+        seen.append((preset, extra))
+        start = extra.index("--model_name_or_path") + 2 if "--model_name_or_path" in extra else 0
+        ms = timings[(preset, preprocess, tuple(extra[start:]))]
         return {"stage": preset, "preprocessed": preprocess, "batch_size": 32, "step_ms": ms,
                 "samples_per_s": 32 / (ms / 1e3), "gflop_per_step": 5.0, "gflops": 5.0 / (ms / 1e3)}
 
     monkeypatch.setattr(demo_steps, "time_stage", fake)
+    monkeypatch.setattr(demo_steps, "_captioner", lambda *a: str(tmp_path / "captioner"))
     monkeypatch.setattr(demo_steps, "matmul_peak_gflops", lambda: 200.0)
     results = demo_steps.run_demo_steps(steps=2, warmup=0, workers=1)
-    by = {(r["stage"], r["preprocessed"]): r for r in results["runs"]}
-    assert by[("shapes-tiny", True)]["speedup"] == pytest.approx(2.0)
-    assert by[("shapes-instruct", True)]["speedup"] == pytest.approx(1.25)
-    assert by[("shapes-tiny", True)]["roofline_share"] == pytest.approx(100.0 / 200.0)  # 5 GFLOP in 50 ms
+    by = {(r["stage"], r["label"]): r for r in results["runs"]}
+    assert by[("shapes-tiny", "preprocessed once")]["speedup"] == pytest.approx(2.0)
+    assert by[("shapes-instruct", "preprocessed once")]["speedup"] == pytest.approx(1.25)
+    assert by[("shapes-instruct", "encoded once (frozen)")]["speedup"] == pytest.approx(2.5)  # 200 ms -> 80 ms
+    assert by[("shapes-tiny", "preprocessed once")]["roofline_share"] == pytest.approx(100.0 / 200.0)  # 5 GFLOP in 50 ms
     assert "50.0%" in demo_steps.format_demo_steps(results)
+    # The second stage always starts from the captioner, the first never does.
+    assert all(("--model_name_or_path" in extra) == (preset == "shapes-instruct") for preset, extra in seen)
