@@ -227,10 +227,10 @@ def load_questions(
     if metadata.is_file() and '"questions"' in metadata.read_text(encoding="utf-8").split("\n", 1)[0]:
         return load_question_dataset(source, split, max_samples)
     # Any other folder (a VQA imagefolder: metadata rows with file_name, question, answer) or Hub id.
-    from minivlm.processing.adapters import _load_split
+    from minivlm.processing.loading import load_raw_split
 
     try:
-        raw = _load_split(source, split, dataset_config, None)
+        raw = load_raw_split(source, split, dataset_config=dataset_config)
     except (ValueError, FileNotFoundError):
         return None
     if "question" not in raw.column_names or not {"answer", "answers"} & set(raw.column_names) \

@@ -177,9 +177,8 @@ def load_evaluation_sets(
     answer is a reference), or the assistant turns of a chat / LLaVA / cauldron set. ``max_samples``
     keeps a seeded subset of the rows.
     """
-    from minivlm.processing.adapters import _load_split
-    from minivlm.processing.conversations import clean_conversations, detect_format, from_llava, to_conversations
-    from minivlm.processing.loading import load_split
+    from minivlm.processing.conversations import clean_conversations, from_llava
+    from minivlm.processing.loading import detect_format, load_raw_split, load_split, to_conversations
     from minivlm.evaluation.answering import load_questions
 
     def subset(ds: datasets.Dataset) -> datasets.Dataset:
@@ -190,7 +189,7 @@ def load_evaluation_sets(
     if source.endswith(".json"):
         chats = clean_conversations(subset(from_llava(source, image_folder)), split_name=split)
         return EvaluationSets(None, conversation_questions(chats) if questions else None)
-    raw = _load_split(source, split, dataset_config, None)
+    raw = load_raw_split(source, split, dataset_config=dataset_config)
     fmt = detect_format(raw)
     captions = None
     if fmt in ("captions", "vqa", "shapes-questions") and image_column in raw.column_names \

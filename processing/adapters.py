@@ -32,7 +32,10 @@ from PIL import Image
 
 from minivlm.image_loading import MAX_IMAGE_PIXELS
 
-__all__ = ["FLICKR8K", "BadDataError", "load_caption_dataset", "to_caption_dataset", "clean_caption_dataset"]
+__all__ = [
+    "FLICKR8K", "BadDataError", "check_max_samples", "check_not_empty", "clean_caption_dataset", "load_caption_dataset", "load_raw_split",
+    "sample_rows", "to_caption_dataset",
+]
 
 FLICKR8K = "jxie/flickr8k"
 _METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
@@ -67,21 +70,50 @@ def load_caption_dataset(
     ``shuffle(seed=42).select(range(N))``. Column arguments are those of `to_caption_dataset`.
     Raises ValueError for an unknown split (naming the available ones) or an empty one.
     """
-    if max_samples is not None and max_samples < 1:
-        raise ValueError(f"max_samples must be at least 1 (or None for the whole split), got {max_samples}")
-    ds = _load_split(dataset, split, dataset_config, cache_dir)
-    if len(ds) == 0:
-        raise ValueError(f"split {split!r} of {dataset!r} has no rows: nothing to train or evaluate on")
-    if max_samples is not None and max_samples < len(ds):
-        if id_column is None and "id" not in ds.column_names:
-            # Row-index ids must name the row in the full split, not in the subset.
-            ds = ds.add_column("id", [str(i) for i in range(len(ds))])
-        ds = ds.shuffle(seed=seed).select(range(max_samples))
+    check_max_samples(max_samples)  # before anything is loaded
+    ds = load_raw_split(dataset, split, dataset_config=dataset_config, cache_dir=cache_dir)
+    check_not_empty(ds, dataset, split)
+    ds = sample_rows(ds, max_samples, seed=seed, id_column=id_column)
     return to_caption_dataset(ds, image_column, caption_column, id_column)
 
 
-def _load_split(dataset: str, split: str, config: str | None, cache_dir: str | None) -> datasets.Dataset:
-    """The raw split, from a save_to_disk folder, an imagefolder, or ``load_dataset`` (Hub id or local repo)."""
+def check_not_empty(ds: datasets.Dataset, dataset: str, split: str) -> None:
+    """A ValueError naming the split when it has no rows (a run could neither train nor evaluate on it)."""
+    if len(ds) == 0:
+        raise ValueError(f"split {split!r} of {dataset!r} has no rows: nothing to train or evaluate on")
+
+
+def check_max_samples(max_samples: int | None) -> None:
+    """A ValueError unless ``max_samples`` is None (the whole split) or at least 1."""
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be at least 1 (or None for the whole split), got {max_samples}")
+
+
+def sample_rows(
+    ds: datasets.Dataset, max_samples: int | None, *, seed: int = 42, id_column: str | None = None
+) -> datasets.Dataset:
+    """The first ``max_samples`` rows after ``shuffle(seed=seed)`` (the notebook's
+    ``shuffle(seed=42).select(range(N))``), or ``ds`` itself when it has no more rows than that.
+
+    A split without an id column (and no ``id_column`` named) first gets ``id``: the row index in the
+    full split, so that a subset's ids still name the rows of the split they came from. The order
+    depends only on the number of rows and the seed, so sampling the raw rows and then converting
+    them (one view row per raw row) gives the rows that converting and then sampling would.
+    """
+    check_max_samples(max_samples)
+    if max_samples is None or max_samples >= len(ds):
+        return ds
+    if id_column is None and "id" not in ds.column_names:
+        ds = ds.add_column("id", [str(i) for i in range(len(ds))])
+    return ds.shuffle(seed=seed).select(range(max_samples))
+
+
+def load_raw_split(
+    dataset: str, split: str = "train", *, dataset_config: str | None = None, cache_dir: str | None = None
+) -> datasets.Dataset:
+    """One split as stored, before any adapter: from a ``save_to_disk`` folder, an ``imagefolder`` (a local
+    folder with a metadata file, checked first for clear errors), or ``datasets.load_dataset`` (a Hub id
+    or a local Hub-style repo). Raises ValueError for an unknown split, naming the available ones."""
     path = Path(dataset)
     if path.is_dir() and any((path / f).is_file() for f in (datasets.config.DATASETDICT_JSON_FILENAME,
                                                             datasets.config.DATASET_STATE_JSON_FILENAME)):
@@ -100,7 +132,7 @@ def _load_split(dataset: str, split: str, config: str | None, cache_dir: str | N
         # `load_dataset` infers the layout itself (e.g. a Hub-style repo of parquet files).
         if path.is_dir() and any(next(path.rglob(name), None) for name in _METADATA_FILES):
             return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, cache_dir=cache_dir)
-        return datasets.load_dataset(dataset, config, split=split, cache_dir=cache_dir)
+        return datasets.load_dataset(dataset, dataset_config, split=split, cache_dir=cache_dir)
     except ValueError as err:
         if "Unknown split" in str(err):  # datasets' own message lists the available splits
             raise ValueError(f"unknown split {split!r} in {dataset!r}: {err}") from err

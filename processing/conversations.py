@@ -22,6 +22,7 @@ Caption sources stay in the caption view of `minivlm.processing.adapters` (``ima
 ``id``): the collator turns each into a one-turn conversation with a reference drawn per epoch.
 `to_training_view` gives both views one schema so they mix (`mix_datasets`, with weights).
 `clean_conversations` drops unusable rows with one counted warning, as `clean_caption_dataset` does.
+Which adapter a source goes through is the format registry's business (`minivlm.processing.loading`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ import datasets
 from minivlm.image_loading import short
 
 __all__ = [
-    "MESSAGES", "CONVERSATION_FEATURES", "FORMATS", "detect_format", "from_chat", "from_llava", "from_cauldron",
-    "from_vqa", "from_shapes_questions", "from_shapes_instruct", "to_conversations", "clean_conversations", "to_training_view",
+    "MESSAGES", "CONVERSATION_FEATURES", "TRAINING_FEATURES", "from_chat", "from_llava", "from_cauldron", "from_vqa",
+    "from_shapes_questions", "from_shapes_instruct", "clean_conversations", "to_training_view", "check_weights",
     "mix_datasets", "training_texts", "chat_messages",
 ]
 
@@ -54,7 +55,6 @@ CONVERSATION_FEATURES = datasets.Features(
     {"messages": MESSAGES, "images": datasets.List(datasets.Image()), "id": datasets.Value("string")}
 )
 TRAINING_FEATURES = datasets.Features({**CONVERSATION_FEATURES, "captions": datasets.List(datasets.Value("string"))})
-FORMATS = ("captions", "chat", "llava", "cauldron", "vqa", "shapes-questions", "shapes-instruct")
 _LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -253,34 +253,6 @@ def _require(ds: datasets.Dataset, columns: list[str], fmt: str) -> None:
                          "Pick the format that matches the data (--dataset_format).")
 
 
-def detect_format(ds: datasets.Dataset) -> str:
-    """The adapter a dataset's columns call for: one of `FORMATS`."""
-    columns = set(ds.column_names)
-    if "messages" in columns:
-        return "chat"
-    if "conversations" in columns:
-        return "llava"
-    if "texts" in columns and "images" in columns:
-        return "cauldron"
-    if "question" in columns and ({"answer", "answers"} & columns):
-        return "vqa"
-    if "questions" in columns and "image" in columns:
-        return "shapes-questions"
-    return "captions"
-
-
-def to_conversations(ds: datasets.Dataset, fmt: str = "auto", image_folder: str | None = None) -> datasets.Dataset:
-    """Any supported instruction dataset in the conversation view (`fmt`: one of `FORMATS` or "auto")."""
-    fmt = detect_format(ds) if fmt == "auto" else fmt
-    adapters = {"chat": from_chat, "cauldron": from_cauldron, "vqa": from_vqa, "shapes-questions": from_shapes_questions,
-                "shapes-instruct": from_shapes_instruct,
-                "llava": lambda d: from_llava(d, image_folder)}
-    if fmt not in adapters:
-        raise ValueError(f"format {fmt!r} is not a conversation format; choose one of {', '.join(adapters)} "
-                         "(caption data goes through minivlm.processing.adapters).")
-    return adapters[fmt](ds)
-
-
 def _problem(messages: list[dict[str, Any]], n_images: int) -> str:
     """Why a conversation cannot be trained on, or "" when it can (its text alone)."""
     if not any(m.get("role") == "assistant" for m in messages):
@@ -427,98 +399,3 @@ def training_texts(ds: datasets.Dataset, chat_template: str | None = None) -> It
             rendered, _ = render_jinja_template([row["messages"]], chat_template=chat_template or DEFAULT_CHAT_TEMPLATE,
                                                 eos_token=" ")
             yield " ".join(rendered[0].replace(IMAGE_MARKER, " ").split())
-
-
-
-def _split_list(value: str | None) -> list[str]:
-    return [item.strip() for item in value.split(",")] if value else []
-
-
-def parse_weights(value: str | None, num_sources: int) -> list[float] | None:
-    """`--dataset_weights` (comma-separated numbers) as checked weights (`check_weights`), or None when unset."""
-    if not value:
-        return None
-    try:
-        weights = [float(w) for w in _split_list(value)]
-    except ValueError:
-        raise ValueError(f"--dataset_weights {value!r} must be numbers separated by commas, e.g. 3,1.") from None
-    check_weights(weights, num_sources)
-    return weights
-
-
-def load_training_data(data_args: Any, seed: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """The training split of `--dataset` (one or several, comma-separated, mixed by `--dataset_weights`) in
-    the training view, cleaned, and the evaluation split of the first source in its own view (or None).
-
-    `--dataset_format` names each source's format (`FORMATS`, or "auto" to detect it from the columns);
-    one dataset with several formats reads that dataset once per format (the shapes set's captions and
-    its questions). A `.json` file is LLaVA's instruct JSON, its images under `--image_folder`.
-    """
-    from minivlm.processing.adapters import BadDataError, _load_split, clean_caption_dataset, load_caption_dataset
-
-    names, formats = _split_list(data_args.dataset), _split_list(data_args.dataset_format) or ["auto"]
-    if len(names) == 1 and len(formats) > 1:
-        names = names * len(formats)
-    if len(formats) == 1 and len(names) > 1:
-        formats = formats * len(names)
-    if len(names) != len(formats):
-        raise ValueError(f"--dataset names {len(names)} source(s) but --dataset_format {len(formats)} format(s); "
-                         "give one format per dataset (or one for all).")
-    bad = [f for f in formats if f != "auto" and f not in FORMATS]
-    if bad:
-        raise ValueError(f"unknown --dataset_format {bad}; choose from auto, {', '.join(FORMATS)}.")
-    weights = parse_weights(data_args.dataset_weights, len(names))
-
-    def load(name: str, fmt: str, split: str, max_samples: int | None) -> datasets.Dataset:
-        if name == "shapes":
-            from minivlm.processing.loading import resolve_dataset
-
-            name = resolve_dataset(name, shapes_dir=data_args.shapes_dir, split=split, num_train=data_args.shapes_num_train,
-                                   num_eval=data_args.shapes_num_eval, image_size=data_args.shapes_image_size, seed=seed)
-        folder = None  # where the images named by path must be: LLaVA's image folder
-        if name.endswith(".json"):
-            folder = data_args.image_folder if data_args.image_folder is not None else str(Path(name).parent)
-            ds = from_llava(name, folder)
-        else:
-            raw = _load_split(name, split, data_args.dataset_config, None)
-            if fmt == "captions" or (fmt == "auto" and detect_format(raw) == "captions"):
-                columns = data_args.caption_column.split(",") if data_args.caption_column else None
-                ds = load_caption_dataset(name, split, dataset_config=data_args.dataset_config,
-                                          image_column=data_args.image_column,
-                                          caption_column=columns[0] if columns and len(columns) == 1 else columns,
-                                          max_samples=max_samples, seed=seed)
-                return clean_caption_dataset(ds, max_bad_fraction=data_args.max_bad_fraction, split_name=split)
-            if fmt.startswith("shapes-") and "questions" not in raw.column_names:
-                raise ValueError(f"{name} has no questions: it was written by an older version of the shapes set; "
-                                 "delete the folder (or pick another --shapes_dir) to generate it again.")
-            ds = to_conversations(raw, fmt, image_folder=data_args.image_folder)
-            if (detect_format(raw) if fmt == "auto" else fmt) == "llava":
-                folder = data_args.image_folder if data_args.image_folder is not None else os.curdir
-        if max_samples is not None and max_samples < len(ds):
-            ds = ds.shuffle(seed=seed).select(range(max_samples))
-        return clean_conversations(ds, split_name=split, max_bad_fraction=data_args.max_bad_fraction,
-                                   image_folder=folder)
-
-    train = mix_datasets([load(n, f, data_args.train_split, data_args.max_train_samples) for n, f in zip(names, formats)],
-                         weights, seed)
-    evaluation = None
-    if data_args.eval_split:
-        try:
-            evaluation = load(names[0], formats[0], data_args.eval_split, data_args.max_eval_samples)
-        except BadDataError:
-            raise  # a split that is there but bad stops the run, as the training split does
-        except ValueError as error:
-            logger.warning("No evaluation split: %s", error)
-    return train, evaluation
-
-
-def load_eval_questions(data_args: Any, max_images: int | None) -> datasets.Dataset | None:
-    """Questions of the evaluation split of the first `--dataset` for the evaluation callback, or None
-    (no evaluation split, or a split without questions)."""
-    from minivlm.evaluation.answering import load_questions
-
-    formats = _split_list(data_args.dataset_format)
-    if not data_args.eval_split or all(f == "captions" for f in formats):
-        return None  # a captioner: no questions to ask it
-    name = _split_list(data_args.dataset)[0]
-    return load_questions(data_args.shapes_dir if name == "shapes" else name, data_args.eval_split, max_images)

@@ -11,9 +11,9 @@ from PIL import Image
 
 from minivlm.processing.collator import ConversationCollator
 from minivlm.processing.conversations import (
-    clean_conversations, detect_format, from_cauldron, from_chat, from_llava, from_vqa, mix_datasets,
-    to_conversations, training_texts,
+    clean_conversations, from_cauldron, from_chat, from_llava, from_vqa, mix_datasets, training_texts,
 )
+from minivlm.processing.loading import detect_format, to_conversations
 
 
 def image(seed=0, size=16):

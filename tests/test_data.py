@@ -330,16 +330,17 @@ def test_resolve_generates_the_shapes_set_once_and_passes_other_names_through(tm
     assert (folder / "train" / "metadata.jsonl").stat().st_mtime_ns == stamp
 
 
-def test_load_dataset_splits_attaches_the_shapes_objects_to_the_evaluation_split(tmp_path):
-    from minivlm.processing.loading import load_dataset_splits
+def test_load_training_data_attaches_the_shapes_objects_to_the_evaluation_split(tmp_path):
+    from minivlm.processing.loading import load_training_data
 
     folder = generate_shapes_dataset(tmp_path / "shapes", num_train=6, num_validation=4, num_test=0, image_size=32)
-    train, evaluation = load_dataset_splits("shapes", shapes_dir=folder, max_eval_samples=3, seed=1)
+    data = load_training_data("shapes", shapes_dir=folder, max_eval_samples=3, seed=1)
+    train, evaluation = data.train, data.evaluation
     assert train.column_names == ["image", "captions", "id"] and len(train) == 6
     assert evaluation.column_names == ["image", "captions", "id", "objects"] and len(evaluation) == 3
     records = {r["id"]: r for r in map(json.loads, (folder / "validation" / "metadata.jsonl").read_text().splitlines())}
     for example in evaluation:
         assert example["objects"] == records[example["id"]]["objects"]
+    assert data.eval_objects == {str(i): r["objects"] for i, r in records.items()}
     # A missing evaluation split is no error: training goes on without evaluation.
-    _, none = load_dataset_splits(str(folder), eval_split="test")
-    assert none is None
+    assert load_training_data(str(folder), eval_split="test").evaluation is None

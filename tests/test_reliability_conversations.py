@@ -2,7 +2,6 @@
 first training step with one counted warning, or the run stops there naming rows; image paths stay inside
 the image folder; image sizes are checked from the header at exactly the documented limit."""
 
-import dataclasses
 import json
 import logging
 import os
@@ -16,8 +15,9 @@ from PIL import Image
 from test_training import tiny_argv
 
 from minivlm.processing.adapters import BadDataError
-from minivlm.processing.conversations import clean_conversations, from_cauldron, from_llava, from_vqa, load_training_data
-from minivlm.training.run import DataArguments, parse_args, train
+from minivlm.processing.conversations import clean_conversations, from_cauldron, from_llava, from_vqa
+from minivlm.processing.loading import load_training_data
+from minivlm.training.run import parse_args, train
 
 LIMIT = 8192 * 8192  # the pixel limit the README states (67,108,864)
 
@@ -61,15 +61,11 @@ def hostile_llava(tmp_path):
     return path, folder
 
 
-def data_args(**values):
-    return dataclasses.replace(DataArguments(), eval_split=None, **values)
-
-
 def test_llava_rows_outside_the_image_folder_or_missing_are_dropped_before_training(hostile_llava, caplog):
     path, folder = hostile_llava
     with caplog.at_level(logging.WARNING, logger="minivlm.processing.conversations"):
-        train, _ = load_training_data(data_args(dataset=str(path), dataset_format="llava", image_folder=str(folder),
-                                                max_bad_fraction=0.5), seed=0)
+        train = load_training_data(str(path), dataset_format="llava", image_folder=str(folder), max_bad_fraction=0.5,
+                                   eval_split=None, seed=0).train
     assert sorted(train["id"]) == ["absolute_inside", "good0", "good1", "inner_link"]
     assert "dropped 4 of 8 conversations (3 image path outside the image folder, 1 missing file)" in caplog.text
 
@@ -78,7 +74,7 @@ def test_too_many_bad_llava_rows_stop_before_training_naming_them(hostile_llava)
     path, folder = hostile_llava
     with pytest.raises(BadDataError, match=r"4 of 8 conversations \(50.0%\).*max_bad_fraction=0.05.*"
                                            r"id 'missing': missing file; id 'escape': image path outside"):
-        load_training_data(data_args(dataset=str(path), dataset_format="llava", image_folder=str(folder)), seed=0)
+        load_training_data(str(path), dataset_format="llava", image_folder=str(folder), eval_split=None, seed=0)
 
 
 def test_the_json_folder_is_the_image_folder_when_none_is_given(tmp_path):
@@ -90,8 +86,8 @@ def test_the_json_folder_is_the_image_folder_when_none_is_given(tmp_path):
     save_image(json_dir / "c.png")
     rows = [llava_row("in", "c.png"), llava_row("up", "../a.png"), llava_row("side", "../secret/b.png")]
     (json_dir / "llava.json").write_text(json.dumps(rows))
-    train, _ = load_training_data(data_args(dataset=str(json_dir / "llava.json"), dataset_format="llava",
-                                            max_bad_fraction=1.0), seed=0)
+    train = load_training_data(str(json_dir / "llava.json"), dataset_format="llava", max_bad_fraction=1.0,
+                               eval_split=None, seed=0).train
     assert train["id"] == ["in"]
 
 

@@ -21,14 +21,13 @@ from transformers import AutoProcessor, HfArgumentParser, TrainerState, set_seed
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
 from minivlm.processing.collator import CaptionCollator, PreprocessedDataset, preprocessed_size
-from minivlm.processing.conversations import load_eval_questions, load_training_data, training_texts
+from minivlm.processing.conversations import training_texts
 from minivlm.processing.shapes import shapes_texts
-from minivlm.processing.loading import caption_column_argument, load_dataset_splits
+from minivlm.processing.loading import TrainingData, caption_column_argument, format_help, load_training_data
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features
 from minivlm.processing.tokenizer import build_word_level_tokenizer
 
-from minivlm.processing.loading import shapes_objects
-from minivlm.evaluation.answering import ANSWER_DECODING, QUESTION_SCORE_KEYS
+from minivlm.evaluation.answering import ANSWER_DECODING, QUESTION_SCORE_KEYS, load_questions
 from minivlm.evaluation.captioning import DEFAULT_DECODING, SCORE_KEYS
 from minivlm.evaluation.tasks import data_tasks, scores_by_task
 from .lora import (
@@ -113,11 +112,7 @@ class DataArguments:
                           "(eval_cider works with --metric_for_best_model); the final scores go in the model card."},
     )
     prompt: str = field(default="", metadata={"help": "Text between image and caption, the same at inference."})
-    dataset_format: str | None = field(
-        default=None,
-        metadata={"help": "Format of each --dataset (comma-separated): auto, captions, chat, llava, cauldron, vqa, "
-                          "shapes-questions. Set it (or give several datasets) to train on conversations."},
-    )
+    dataset_format: str | None = field(default=None, metadata={"help": format_help()})
     dataset_weights: str | None = field(
         default=None, metadata={"help": "Sampling weights of the datasets, comma-separated (default: all rows once)."}
     )
@@ -181,21 +176,43 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def load_data(data_args: DataArguments, seed: int):
-    """The training split and the evaluation split (or None), through the one data entry point:
-    the shapes set resolved (generated when missing), both cleaned, the evaluation split with the
-    shapes ``objects`` that ``eval_shapes_accuracy`` needs. Conversation formats and mixtures of
-    sources (`--dataset_format`, `--dataset a,b`) go through `minivlm.processing.conversations`."""
-    if data_args.dataset_format or "," in data_args.dataset:
-        return load_training_data(data_args, seed)  # conversations, mixtures
-    return load_dataset_splits(
-        data_args.dataset, train_split=data_args.train_split, eval_split=data_args.eval_split,
+def load_data(data_args: DataArguments, seed: int) -> TrainingData:
+    """The run's data through the one data entry point (`minivlm.processing.loading.load_training_data`):
+    the comma-separated flags (``--dataset``, ``--dataset_format``, ``--dataset_weights``,
+    ``--caption_column``) as lists, every other data flag as the keyword of the same name."""
+    return load_training_data(
+        _comma_list(data_args.dataset), dataset_format=_comma_list(data_args.dataset_format) or None,
+        dataset_weights=_weights(data_args.dataset_weights), train_split=data_args.train_split,
+        eval_split=data_args.eval_split, dataset_config=data_args.dataset_config, image_column=data_args.image_column,
+        caption_column=caption_column_argument(data_args.caption_column), image_folder=data_args.image_folder,
         max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
-        shapes_dir=data_args.shapes_dir, shapes_num_train=data_args.shapes_num_train,
-        shapes_num_eval=data_args.shapes_num_eval, shapes_image_size=data_args.shapes_image_size, seed=seed,
-        max_bad_fraction=data_args.max_bad_fraction, dataset_config=data_args.dataset_config,
-        image_column=data_args.image_column, caption_column=caption_column_argument(data_args.caption_column),
+        max_bad_fraction=data_args.max_bad_fraction, shapes_dir=data_args.shapes_dir,
+        shapes_num_train=data_args.shapes_num_train, shapes_num_eval=data_args.shapes_num_eval,
+        shapes_image_size=data_args.shapes_image_size, seed=seed,
     )
+
+
+def _comma_list(value: str | None) -> list[str]:
+    return [item.strip() for item in value.split(",")] if value else []
+
+
+def _weights(value: str | None) -> list[float] | None:
+    """``--dataset_weights`` as numbers (`load_training_data` checks that there is one per dataset)."""
+    if not value:
+        return None
+    try:
+        return [float(weight) for weight in _comma_list(value)]
+    except ValueError:
+        raise ValueError(f"--dataset_weights {value!r} must be numbers separated by commas, e.g. 3,1.") from None
+
+
+def _eval_questions(data: TrainingData, split: str | None, max_images: int | None):
+    """The questions the evaluation callback asks about the evaluation split, or None: read from where
+    that split came from (the shapes set's typed questions, or VQA columns with all their answers),
+    unless every source is a caption set (a captioner has no questions to answer)."""
+    if data.eval_source is None or not split or all(fmt == "captions" for fmt in data.formats):
+        return None
+    return load_questions(data.eval_source, split, max_images)
 
 
 def build_model(
@@ -269,7 +286,8 @@ def train(
 
 def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrainer:
     set_seed(training_args.seed)
-    train_dataset, eval_dataset = load_data(data_args, training_args.seed)
+    data = load_data(data_args, training_args.seed)
+    train_dataset, eval_dataset = data.train, data.evaluation
     model, processor = build_model(model_args, train_dataset, data_args)
     apply_freezing(model, model_args.freeze)
     # What the rows hold, not which columns exist: a caption set in the training view (a mixture,
@@ -322,12 +340,11 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
     extra_callbacks = list(callbacks or [])
     caption_eval = None
     if data_args.caption_eval_samples > 0 and eval_dataset is not None:
-        first = [name.strip() for name in data_args.dataset.split(",")][0]
         caption_eval = CaptionEvalCallback(
             processor, eval_dataset, max_samples=data_args.caption_eval_samples, prompt=data_args.prompt,
             batch_size=training_args.per_device_eval_batch_size,
-            questions=load_eval_questions(data_args, data_args.caption_eval_samples),
-            objects=shapes_objects(data_args.shapes_dir if first == "shapes" else first, data_args.eval_split),
+            questions=_eval_questions(data, data_args.eval_split, data_args.caption_eval_samples),
+            objects=data.eval_objects,
         )
         _check_best_metric(training_args.metric_for_best_model, caption_eval)
         extra_callbacks.insert(0, caption_eval)  # before any early stopping that reads its metrics
