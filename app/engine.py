@@ -42,7 +42,7 @@ from transformers import AutoModel, AutoProcessor, StoppingCriteria, StoppingCri
 
 from minivlm.processing.conversations import chat_messages
 from minivlm.image_cache_minivlm import ImagePrefixCache
-from minivlm.processing_minivlm import to_rgb
+from minivlm.processing_minivlm import IMAGE_TOKEN, to_rgb
 
 from .boxes import Box, parse_boxes
 
@@ -277,7 +277,7 @@ class ChatModel:
         tokenizer = self.processor.tokenizer
         if getattr(tokenizer, "unk_token_id", None) is None:
             return None
-        special = set(tokenizer.all_special_tokens) | {getattr(self.processor, "image_token", "<image>")}
+        special = set(tokenizer.all_special_tokens) | {getattr(self.processor, "image_token", IMAGE_TOKEN)}
         words = sorted(word for word in tokenizer.get_vocab() if word not in special)
         return words if len(words) <= limit else None
 

@@ -147,7 +147,7 @@ class MiniVLMTasksMixin:
                 piece = piece.lstrip()
                 started = bool(piece)
             if piece:
-                yield piece.replace(getattr(processor, "image_token", "<image>"), "")
+                yield piece.replace(processor.image_token, "")  # the helpers take MiniVLM processors (`load_image`)
         thread.join()
         if errors:
             raise errors[0]

@@ -31,6 +31,7 @@ import datasets
 from PIL import Image
 
 from minivlm.image_loading import MAX_IMAGE_PIXELS
+from minivlm.processing_minivlm import IMAGE_TOKEN
 
 __all__ = ["FLICKR8K", "BadDataError", "load_caption_dataset", "to_caption_dataset", "clean_caption_dataset"]
 
@@ -38,7 +39,6 @@ FLICKR8K = "jxie/flickr8k"
 _METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 _CAPTIONS = datasets.List(datasets.Value("string"))
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-IMAGE_TOKEN = "<image>"
 logger = logging.getLogger(__name__)
 
 

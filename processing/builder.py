@@ -31,14 +31,14 @@ from transformers import (
 
 from minivlm.configuration_minivlm import MiniVLMConfig
 from minivlm.modeling_minivlm import MiniVLMForConditionalGeneration, MiniVLMMultiModalProjector
-from minivlm.processing_minivlm import MiniVLMProcessor
+from minivlm.processing_minivlm import IMAGE_TOKEN, MiniVLMProcessor
 
 
 DEFAULT_VISION_MODEL = "google/vit-large-patch16-224"
 DEFAULT_LANGUAGE_MODEL = "HuggingFaceTB/SmolLM-360M"
 
 
-def prepare_tokenizer(tokenizer, image_token: str = "<image>"):
+def prepare_tokenizer(tokenizer, image_token: str = IMAGE_TOKEN):
     """Adds `image_token` as a special token, pads with EOS when there is no pad token, pads on the left.
 
     Changes `tokenizer` in place and returns it.
@@ -63,7 +63,7 @@ def configure_generation(model: MiniVLMForConditionalGeneration, tokenizer=None)
     return model
 
 
-def build_processor(config: MiniVLMConfig, tokenizer, image_processor=None, image_token: str = "<image>") -> MiniVLMProcessor:
+def build_processor(config: MiniVLMConfig, tokenizer, image_processor=None, image_token: str = IMAGE_TOKEN) -> MiniVLMProcessor:
     """A processor for a model of `config`: its `image_seq_length`, `tokenizer` (prepared), and
     `image_processor` (default: a PIL ViT image processor at the encoder's image size)."""
     if image_processor is None:
@@ -90,7 +90,7 @@ def build_from_configs(
     text_config: dict,
     tokenizer,
     image_processor=None,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
     attn_implementation: str | dict | None = None,
     **config_kwargs,
 ) -> tuple[MiniVLMForConditionalGeneration, MiniVLMProcessor]:
@@ -115,7 +115,7 @@ def build_from_parts(
     language_model: PreTrainedModel,
     tokenizer,
     image_processor=None,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
     **config_kwargs,
 ) -> tuple[MiniVLMForConditionalGeneration, MiniVLMProcessor]:
     """Assembles a MiniVLM around an instantiated vision encoder and causal LM (`...ForCausalLM`).
@@ -172,7 +172,7 @@ def load_vision_tower(vision_model: str, **kwargs) -> PreTrainedModel:
 def build_from_pretrained_parts(
     vision_model: str = DEFAULT_VISION_MODEL,
     language_model: str = DEFAULT_LANGUAGE_MODEL,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
     dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = None,
     load_kwargs: dict | None = None,

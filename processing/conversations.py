@@ -38,6 +38,7 @@ from typing import Any
 import datasets
 
 from minivlm.image_loading import short
+from minivlm.processing_minivlm import IMAGE_TOKEN
 
 __all__ = [
     "MESSAGES", "CONVERSATION_FEATURES", "FORMATS", "detect_format", "from_chat", "from_llava", "from_cauldron",
@@ -47,7 +48,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_MARKER = "<image>"
 _PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
 MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_PART)})
 CONVERSATION_FEATURES = datasets.Features(
@@ -81,7 +81,7 @@ _IMAGE = {"type": "image", "text": None}
 def _split_markers(value: str) -> list[dict[str, Any]]:
     """A LLaVA turn's text as parts: an image part for every `<image>` marker, the text around it."""
     parts = []
-    for index, piece in enumerate(value.split(IMAGE_MARKER)):
+    for index, piece in enumerate(value.split(IMAGE_TOKEN)):
         if index:
             parts.append(dict(_IMAGE))
         piece = piece.strip("\n")
@@ -291,7 +291,7 @@ def _problem(messages: list[dict[str, Any]], n_images: int) -> str:
     for message in messages:
         if message["role"] == "assistant" and not "".join(p.get("text") or "" for p in message["content"]).strip():
             return "empty answer"
-    if any(IMAGE_MARKER in (p.get("text") or "") for m in messages for p in m["content"]):
+    if any(IMAGE_TOKEN in (p.get("text") or "") for m in messages for p in m["content"]):
         return "text holds the image token"  # it would be expanded into image tokens with no image for them
     parts = sum(p.get("type") == "image" for m in messages for p in m["content"])
     if parts != n_images:
@@ -426,7 +426,7 @@ def training_texts(ds: datasets.Dataset, chat_template: str | None = None) -> It
         if row.get("messages"):
             rendered, _ = render_jinja_template([row["messages"]], chat_template=chat_template or DEFAULT_CHAT_TEMPLATE,
                                                 eos_token=" ")
-            yield " ".join(rendered[0].replace(IMAGE_MARKER, " ").split())
+            yield " ".join(rendered[0].replace(IMAGE_TOKEN, " ").split())
 
 
 
