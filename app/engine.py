@@ -44,7 +44,7 @@ from minivlm.processing.conversations import chat_messages
 from minivlm.image_cache_minivlm import ImagePrefixCache
 from minivlm.processing_minivlm import IMAGE_TOKEN, to_rgb
 
-from .boxes import Box, parse_boxes
+from .boxes import Box, reply_boxes
 
 
 logger = logging.getLogger("minivlm.app")
@@ -443,7 +443,7 @@ class ChatModel:
         reply_text = self.processor.post_process_image_text_to_text(new_ids)[0]
         reply = Reply(
             text=reply_text,
-            boxes=parse_boxes(reply_text),
+            boxes=reply_boxes(reply_text),
             seconds=time.perf_counter() - start,
             new_tokens=int(new_ids.shape[1]),
             image_encoded=cache.encodes > encodes_before,

@@ -21,7 +21,7 @@ from .engine import (
     DEFAULT_MODEL, LIMITS, MAX_IMAGE_BYTES, MAX_SESSIONS, SESSION_TTL_S, STRATEGIES, ChatModel, Conversation, Decoding,
     ImageError, Reply, load_image_file,
 )
-from .boxes import draw_boxes
+from .boxes import draw_reply_boxes
 
 
 try:
@@ -92,7 +92,7 @@ def _chat_messages(conversation: Conversation | None, pending: tuple[str, str] |
 def _boxes_view(conversation: Conversation, reply: Reply):
     if not reply.boxes:
         return gr.Image(value=None, visible=False)
-    return gr.Image(value=draw_boxes(conversation.image, reply.boxes), visible=True)
+    return gr.Image(value=draw_reply_boxes(conversation.image, reply.boxes), visible=True)
 
 
 def build_demo(chat_model: ChatModel, examples: list[tuple[str, str] | str] | None = None) -> gr.Blocks:
