@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
 import weakref
@@ -40,6 +39,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoModel, AutoProcessor, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from minivlm.processing.builder import HUB_ID
 from minivlm.processing.conversations import chat_messages
 from minivlm.image_cache_minivlm import ImagePrefixCache
 from minivlm.processing_minivlm import IMAGE_TOKEN, to_rgb
@@ -50,8 +50,10 @@ from .boxes import Box, reply_boxes
 logger = logging.getLogger("minivlm.app")
 
 DEFAULT_MODEL = "outputs/demo/model"  # where `make demo` (scripts/demo.py) saves the model it trains
-MAX_IMAGE_BYTES = 10 * 2**20
-MAX_IMAGE_PIXELS = 40_000_000
+# The page's upload limits, stricter than the loader's (`minivlm.image_loading.MAX_DOWNLOAD_BYTES` and
+# `MAX_IMAGE_PIXELS`): uploads come from anyone, and the model sees every image at its own small resolution.
+MAX_UPLOAD_BYTES = 10 * 2**20
+MAX_UPLOAD_PIXELS = 40_000_000
 STRATEGIES = ("greedy", "beam search", "sampling")
 # The decoding settings' bounds, (low, high) inclusive: the page's sliders show them, the engine enforces them.
 LIMITS = {"max_new_tokens": (1, 256), "num_beams": (1, 8), "temperature": (0.1, 2.0), "top_p": (0.05, 1.0)}
@@ -60,15 +62,14 @@ DISPLAY_MAX_SIDE = 1024  # the copy of an upload a conversation keeps for the pa
 MAX_SESSIONS = 32
 SESSION_TTL_S = 30 * 60.0
 READER_TIMEOUT_S = 20.0
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 class ImageError(ValueError):
     """An upload the app cannot use; the message says what is wrong and what to do."""
 
 
-def load_image_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES,
-                    max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image_file(path: str | os.PathLike, max_bytes: int = MAX_UPLOAD_BYTES,
+                    max_pixels: int = MAX_UPLOAD_PIXELS) -> Image.Image:
     """Opens an uploaded file as an upright RGB image, or raises `ImageError` saying why not.
 
     Checks, cheapest first: the file's size (`max_bytes`), that PIL recognises it as an image,
@@ -487,7 +488,8 @@ def template_has_generation_prompt(processor) -> bool:
 
 
 __all__ = [
-    "DEFAULT_MODEL", "DISPLAY_MAX_SIDE", "LIMITS", "MAX_IMAGE_BYTES", "MAX_QUESTION_CHARS", "MAX_SESSIONS",
+    "DEFAULT_MODEL", "DISPLAY_MAX_SIDE", "LIMITS", "MAX_QUESTION_CHARS", "MAX_SESSIONS", "MAX_UPLOAD_BYTES",
+    "MAX_UPLOAD_PIXELS",
     "SESSION_TTL_S", "STRATEGIES", "bounded", "ChatModel", "Conversation", "Decoding", "ImageError", "Reply",
     "load_image_file", "template_has_generation_prompt",
 ]

@@ -18,7 +18,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from .engine import (
-    DEFAULT_MODEL, LIMITS, MAX_IMAGE_BYTES, MAX_SESSIONS, SESSION_TTL_S, STRATEGIES, ChatModel, Conversation, Decoding,
+    DEFAULT_MODEL, LIMITS, MAX_UPLOAD_BYTES, MAX_SESSIONS, SESSION_TTL_S, STRATEGIES, ChatModel, Conversation, Decoding,
     ImageError, Reply, load_image_file,
 )
 from .boxes import draw_reply_boxes
@@ -272,10 +272,10 @@ def create_app(args: AppArguments) -> tuple[gr.Blocks, ChatModel, Path | None]:
 
 def launch(demo: gr.Blocks, examples_dir: Path | None = None, **kwargs):
     """`demo.launch(**kwargs)` with the page's style, its examples' folder allowed, and uploads over
-    `MAX_IMAGE_BYTES` refused by the server before they reach its temporary folder."""
+    `MAX_UPLOAD_BYTES` refused by the server before they reach its temporary folder."""
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # system fonts: no font download
-    kwargs.setdefault("max_file_size", MAX_IMAGE_BYTES)
+    kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
     return demo.launch(css=CSS, theme=theme, allowed_paths=[str(examples_dir)] if examples_dir else None, **kwargs)
 
 

@@ -18,6 +18,8 @@ Each returns `(model, processor)`. The shipped files (`minivlm/*_minivlm.py`) ca
 module: remote code imports only its siblings.
 """
 
+import re
+
 import torch
 from transformers import (
     AutoConfig,
@@ -34,6 +36,8 @@ from minivlm.modeling_minivlm import MiniVLMForConditionalGeneration, MiniVLMMul
 from minivlm.processing_minivlm import IMAGE_TOKEN, MiniVLMProcessor
 
 
+# A Hub repo id, `org/name` (models and datasets alike): what the commands take besides a folder.
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DEFAULT_VISION_MODEL = "google/vit-large-patch16-224"
 DEFAULT_LANGUAGE_MODEL = "HuggingFaceTB/SmolLM-360M"
 
@@ -199,6 +203,7 @@ def build_from_pretrained_parts(
 
 
 __all__ = [
+    "HUB_ID",
     "build_from_configs",
     "build_from_parts",
     "build_from_pretrained_parts",

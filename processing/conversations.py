@@ -336,7 +336,7 @@ def clean_conversations(
     Dropped, before any training step: no assistant turn, an empty answer, an unknown role, a text
     that holds the image token (`<image>` typed in a question or answer), an image count that does
     not match the image parts, and images that are missing, empty, not an image, or over
-    `MAX_IMAGE_PIXELS` pixels (read from the header; nothing is decoded). With `image_folder`
+    `pixel_limit()` pixels (read from the header; nothing is decoded). With `image_folder`
     (LLaVA JSON's), every image given by path must resolve inside it, symlinks followed: `../`,
     absolute paths and links that lead elsewhere are dropped.
 

@@ -24,9 +24,9 @@ import datasets
 from .adapters import BadDataError, clean_caption_dataset, load_caption_dataset
 
 
-__all__ = ["SHAPES", "caption_column_argument", "load_dataset_splits", "load_split", "resolve_dataset", "shapes_objects"]
+__all__ = ["SHAPES_DATASET", "caption_column_argument", "load_dataset_splits", "load_split", "resolve_dataset", "shapes_objects"]
 
-SHAPES = "shapes"  # the dataset name that stands for the generated synthetic set
+SHAPES_DATASET = "shapes"  # the dataset name that stands for the generated synthetic set
 logger = logging.getLogger(__name__)
 
 
@@ -48,7 +48,7 @@ def resolve_dataset(
     ``num_eval`` validation and test images each, ``image_size`` pixels, ``seed``), or, with
     ``generate=False``, a FileNotFoundError says how to generate it.
     """
-    if dataset != SHAPES:
+    if dataset != SHAPES_DATASET:
         return dataset
     folder = Path(shapes_dir)
     if (folder / split / "metadata.jsonl").is_file():
