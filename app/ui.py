@@ -239,8 +239,10 @@ def build_demo(chat_model: ChatModel, examples: list[tuple[str, str] | str] | No
 class AppArguments:
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "A MiniVLM folder or Hub id (default: the model "
                                                                  "`make demo` trains)."})
-    mode: str = field(default="auto", metadata={"help": "'auto' (chat if the chat template has an answer prompt), "
-                                                        "'caption' or 'chat'.", "choices": ["auto", "caption", "chat"]})
+    mode: str = field(default="auto", metadata={"help": "'auto' (chat when the model's config says it was trained on "
+                                                        "questions, `instruction_tuned`, or its chat template writes an "
+                                                        "answer prompt; captions only otherwise), 'caption' or 'chat'.",
+                                                "choices": ["auto", "caption", "chat"]})
     caption_prompt: str = field(default="", metadata={"help": "Text after the image that asks for a caption."})
     max_new_tokens: int = field(default=32, metadata={"help": "Default of the page's max new tokens."})
     max_turns: int = field(default=3, metadata={"help": "Questions and answers kept in the prompt."})

@@ -8,7 +8,7 @@
 - `load_evaluation_dataset`: `minivlm.processing.loading.load_split` under its older name: a split in the
   uniform view, cleaned, with the shapes ``objects`` attached, for `shapes_accuracy`.
 
-The Trainer callback that runs them during training is `minivlm.training.callbacks.CaptionEvalCallback`.
+The Trainer callback that runs them during training is `minivlm.training.callbacks.ValidationScoresCallback`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Each shared constant has one home: the others read it there, so they cannot drift apart."""
 
+import importlib
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from minivlm.processing.adapters import _image_problem
@@ -42,3 +44,23 @@ def test_dataset_checks_use_the_loaders_pixel_limit(tmp_path, monkeypatch):
     assert _image_problem({"path": str(path), "bytes": None}) == ""  # exactly at the limit: allowed
     monkeypatch.setenv("MINIVLM_MAX_IMAGE_PIXELS", "99")
     assert _image_problem({"path": str(path), "bytes": None}) == "image too large"
+
+
+@pytest.mark.parametrize("module,old,new", [
+    ("minivlm.processing.collator", "CaptionCollator", "ConversationCollator"),
+    ("minivlm.training.callbacks", "CaptionEvalCallback", "ValidationScoresCallback"),
+])
+def test_old_class_names_still_work_and_name_the_new_one(module, old, new):
+    imported = importlib.import_module(module)
+    with pytest.warns(FutureWarning, match=new):
+        assert getattr(imported, old) is getattr(imported, new)
+
+
+def test_the_two_preset_tables_have_names_that_say_what_they_hold():
+    from minivlm.benchmark import runs
+    from minivlm.processing import loading, shapes
+    from minivlm.training import presets
+
+    assert "num_train_epochs" in presets.PRESETS["shapes-tiny"]  # training argument defaults
+    assert not hasattr(runs, "PRESETS") and set(runs.MODEL_SHAPES["small"]) == {"vision_config", "text_config"}
+    assert loading.SHAPES_DATASET == "shapes" and not hasattr(loading, "SHAPES") and "circle" in shapes.SHAPES

@@ -20,7 +20,7 @@ from transformers import AutoProcessor, HfArgumentParser, TrainerState, set_seed
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
-from minivlm.processing.collator import CaptionCollator, PreprocessedDataset, preprocessed_size
+from minivlm.processing.collator import ConversationCollator, PreprocessedDataset, preprocessed_size
 from minivlm.processing.conversations import load_eval_questions, load_training_data, training_texts
 from minivlm.processing.shapes import shapes_texts
 from minivlm.processing.loading import caption_column_argument, load_dataset_splits
@@ -37,7 +37,7 @@ from .lora import (
 from .model_card import answer_examples, card_examples, write_model_card
 from . import guards
 from .presets import PRESETS
-from .callbacks import CaptionEpochCallback, CaptionEvalCallback, GracefulStopCallback, TrainingTimeCallback
+from .callbacks import CaptionEpochCallback, ValidationScoresCallback, GracefulStopCallback, TrainingTimeCallback
 from .trainer import EXIT_STOPPED, MiniVLMTrainer, last_complete_checkpoint
 from .trainer import MiniVLMTrainingArguments as TrainingArguments
 
@@ -282,7 +282,7 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
     logger.info("MiniVLM: %s parameters, %s trainable (freeze=%s)",
                 f"{model.num_parameters():,}", f"{trainable:,}", model_args.freeze)
 
-    collator_class = CaptionCollator
+    collator_class = ConversationCollator
     if model_args.cache_vision_features:
         if model_args.freeze == "none":
             raise ValueError("--cache_vision_features needs a frozen encoder; use --freeze vision or projector-only.")
@@ -319,7 +319,7 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
     caption_eval = None
     if data_args.caption_eval_samples > 0 and eval_dataset is not None:
         first = [name.strip() for name in data_args.dataset.split(",")][0]
-        caption_eval = CaptionEvalCallback(
+        caption_eval = ValidationScoresCallback(
             processor, eval_dataset, max_samples=data_args.caption_eval_samples, prompt=data_args.prompt,
             batch_size=training_args.per_device_eval_batch_size,
             questions=load_eval_questions(data_args, data_args.caption_eval_samples),
@@ -390,7 +390,7 @@ def _formats(data_args: DataArguments, train_dataset) -> list[str]:
     return list(dict.fromkeys(named))
 
 
-def _check_best_metric(metric: str | None, caption_eval: CaptionEvalCallback) -> None:
+def _check_best_metric(metric: str | None, caption_eval: ValidationScoresCallback) -> None:
     """Stops before training when --metric_for_best_model names a score the evaluation split cannot give
     (eval_cider on a split without captions): the Trainer would fail at its first evaluation."""
     if not metric:
@@ -403,7 +403,7 @@ def _check_best_metric(metric: str | None, caption_eval: CaptionEvalCallback) ->
                          "and eval_loss). Pick one of those, or an evaluation split that has what you want to score.")
 
 
-def _results_by_task(scores: dict[str, float], caption_eval: CaptionEvalCallback, data_args: DataArguments) -> dict:
+def _results_by_task(scores: dict[str, float], caption_eval: ValidationScoresCallback, data_args: DataArguments) -> dict:
     """The final scores as the card lists them: per task, with the split, the decoding and the number of examples."""
     results = {}
     for task, metrics in scores_by_task(scores).items():
