@@ -42,6 +42,7 @@ from transformers import AutoModel, AutoProcessor, StoppingCriteria, StoppingCri
 from minivlm.processing.builder import HUB_ID
 from minivlm.processing.conversations import chat_messages
 from minivlm.image_cache_minivlm import ImagePrefixCache
+from minivlm.configuration_minivlm import DEFAULT_DECODING, decoding_defaults
 from minivlm.processing_minivlm import IMAGE_TOKEN, to_rgb
 
 from .boxes import Box, reply_boxes
@@ -118,7 +119,7 @@ class Decoding:
     """
 
     strategy: str = "greedy"
-    max_new_tokens: int = 32
+    max_new_tokens: int = DEFAULT_DECODING["max_new_tokens"]  # the engine passes the model's (generation_config)
     num_beams: int = 3
     temperature: float = 0.7
     top_p: float = 0.9
@@ -225,14 +226,16 @@ class ChatModel:
         caption_prompt: text after the image that asks for a caption ("" : the image alone, as
             captioners are trained).
         max_turns: questions and answers kept in the prompt (older ones are dropped).
-        max_new_tokens: the page's default answer length.
+        max_new_tokens: the page's default answer length (None: the model's `generation_config`).
         name: shown on the page.
     """
 
     def __init__(self, model, processor, *, chat: bool | None = None, caption_prompt: str = "",
-                 max_turns: int = 3, max_new_tokens: int = 32, name: str = "MiniVLM",
+                 max_turns: int = 3, max_new_tokens: int | None = None, name: str = "MiniVLM",
                  max_sessions: int = MAX_SESSIONS, session_ttl_s: float = SESSION_TTL_S,
                  reader_timeout_s: float = READER_TIMEOUT_S):
+        if max_new_tokens is None:
+            max_new_tokens = decoding_defaults(getattr(model, "generation_config", None))["max_new_tokens"]
         max_new_tokens = bounded("max_new_tokens", max_new_tokens, integer=True)
         if max_turns < 1 or max_sessions < 1 or not session_ttl_s > 0 or not reader_timeout_s > 0:
             raise ValueError("max_turns and max_sessions must be at least 1, session_ttl_s and reader_timeout_s "

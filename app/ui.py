@@ -244,7 +244,8 @@ class AppArguments:
                                                         "answer prompt; captions only otherwise), 'caption' or 'chat'.",
                                                 "choices": ["auto", "caption", "chat"]})
     caption_prompt: str = field(default="", metadata={"help": "Text after the image that asks for a caption."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Default of the page's max new tokens."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Default of the page's max new tokens "
+                                                                      "(default: the model's generation_config)."})
     max_turns: int = field(default=3, metadata={"help": "Questions and answers kept in the prompt."})
     max_sessions: int = field(default=MAX_SESSIONS, metadata={"help": "Conversations held at once; the least "
                                                                        "recently used beyond that are released."})

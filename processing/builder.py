@@ -2,7 +2,8 @@
 
 Everything that has to agree between the model and the processor is set here, once: the
 tokenizer's `<image>` token (and the embedding rows for it), padding (EOS when the tokenizer has
-no pad token; on the left, for batched generation), the generation config's EOS / pad / BOS,
+no pad token; on the left, for batched generation), the generation config's EOS / pad / BOS and
+decoding defaults (`minivlm.configuration_minivlm.DEFAULT_DECODING`),
 and the processor's `image_seq_length` (read from the model config).
 
 Three ways in:
@@ -31,7 +32,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from minivlm.configuration_minivlm import MiniVLMConfig
+from minivlm.configuration_minivlm import DEFAULT_DECODING, MiniVLMConfig
 from minivlm.modeling_minivlm import MiniVLMForConditionalGeneration, MiniVLMMultiModalProjector
 from minivlm.processing_minivlm import IMAGE_TOKEN, MiniVLMProcessor
 
@@ -57,13 +58,16 @@ def prepare_tokenizer(tokenizer, image_token: str = IMAGE_TOKEN):
 
 def configure_generation(model: MiniVLMForConditionalGeneration, tokenizer=None) -> MiniVLMForConditionalGeneration:
     """Sets the generation config's EOS, pad (EOS when there is none) and BOS from `tokenizer`, or,
-    without one (random models of the benchmark), from the text config's token ids."""
+    without one (random models of the benchmark), from the text config's token ids; and the decoding
+    defaults (`DEFAULT_DECODING`: greedy, 32 new tokens) that evaluation, the commands and the app read."""
     source = tokenizer if tokenizer is not None else model.config.text_config
     eos, pad, bos = (getattr(source, f"{name}_token_id", None) for name in ("eos", "pad", "bos"))
     generation_config = model.generation_config
     generation_config.eos_token_id = eos
     generation_config.pad_token_id = pad if pad is not None else eos
     generation_config.bos_token_id = bos
+    for name, value in DEFAULT_DECODING.items():  # the decoding defaults every caller reads (decoding_defaults)
+        setattr(generation_config, name, value)
     return model
 
 

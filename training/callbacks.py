@@ -120,7 +120,8 @@ class ValidationScoresCallback(TrainerCallback):
 
     Attributes:
         dataset: the captions set (None when the split has no captions); ``questions``: the questions
-        set (or None); ``last_predictions`` / ``last_answers``: the latest evaluation's records.
+        set (or None); ``last_predictions`` / ``last_answers``: the latest evaluation's records;
+        ``last_decoding`` / ``last_answer_decoding``: how it decoded captions / answers.
     """
 
     def __init__(
@@ -156,6 +157,9 @@ class ValidationScoresCallback(TrainerCallback):
         self.questions = sets.questions
         self.last_predictions: list[dict[str, Any]] = []
         self.last_answers: list[dict[str, Any]] = []
+        # How the latest evaluation decoded (the model's generation_config under `decoding`), for the card.
+        self.last_decoding: dict[str, Any] = {}
+        self.last_answer_decoding: dict[str, Any] = {}
         self._step_scores: tuple[int, dict[str, float]] | None = None  # from on_step_end, for on_evaluate
 
     @property
@@ -182,13 +186,15 @@ class ValidationScoresCallback(TrainerCallback):
                 prompt=self.prompt, meteor=self.meteor, progress=False,
             )
             self.last_predictions = predictions
+            self.last_decoding = metrics["decoding"]
             # A None (METEOR off) would break the Trainer's best-metric comparison: leave it out.
             scores = {k: float(metrics[k]) for k in (*SCORE_KEYS, "shapes_accuracy") if metrics.get(k) is not None}
         if self.questions is not None:
-            from minivlm.evaluation.answering import QUESTION_SCORE_KEYS, evaluate_answers
+            from minivlm.evaluation.answering import QUESTION_SCORE_KEYS, answer_decoding, evaluate_answers
 
             self.last_answers, answer_metrics = evaluate_answers(model, self.processor, self.questions,
                                                                  batch_size=self.batch_size)
+            self.last_answer_decoding = answer_decoding(model)
             scores.update({k: float(answer_metrics[k]) for k in QUESTION_SCORE_KEYS if k in answer_metrics})
         return scores
 

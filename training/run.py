@@ -28,8 +28,8 @@ from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_
 from minivlm.processing.tokenizer import build_word_level_tokenizer
 
 from minivlm.processing.loading import shapes_objects
-from minivlm.evaluation.answering import ANSWER_DECODING, QUESTION_SCORE_KEYS
-from minivlm.evaluation.captioning import DEFAULT_DECODING, SCORE_KEYS
+from minivlm.evaluation.answering import QUESTION_SCORE_KEYS
+from minivlm.evaluation.captioning import SCORE_KEYS
 from minivlm.evaluation.tasks import data_tasks, scores_by_task
 from .lora import (
     apply_lora_from_args, check_lora_arguments, is_adapter_folder, load_merged_adapter_folder, merge_into_trainer,
@@ -408,10 +408,10 @@ def _results_by_task(scores: dict[str, float], caption_eval: ValidationScoresCal
     results = {}
     for task, metrics in scores_by_task(scores).items():
         if task == "captions":
-            decoding = {**DEFAULT_DECODING, **caption_eval.decoding, "prompt": data_args.prompt}
+            decoding = {**caption_eval.last_decoding, "prompt": data_args.prompt}
             count = len(caption_eval.dataset)
         else:
-            decoding, count = dict(ANSWER_DECODING), len(caption_eval.questions)
+            decoding, count = dict(caption_eval.last_answer_decoding), len(caption_eval.questions)
         results[task] = {"metrics": metrics, "split": data_args.eval_split, "decoding": decoding, "num_examples": count}
     return results
 
