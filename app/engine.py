@@ -234,8 +234,9 @@ class ChatModel:
                  max_turns: int = 3, max_new_tokens: int | None = None, name: str = "MiniVLM",
                  max_sessions: int = MAX_SESSIONS, session_ttl_s: float = SESSION_TTL_S,
                  reader_timeout_s: float = READER_TIMEOUT_S):
-        if max_new_tokens is None:
-            max_new_tokens = decoding_defaults(getattr(model, "generation_config", None))["max_new_tokens"]
+        if max_new_tokens is None:  # the model's default, within the page's bounds (a given value out of them is refused)
+            low, high = LIMITS["max_new_tokens"]
+            max_new_tokens = min(max(decoding_defaults(getattr(model, "generation_config", None))["max_new_tokens"], low), high)
         max_new_tokens = bounded("max_new_tokens", max_new_tokens, integer=True)
         if max_turns < 1 or max_sessions < 1 or not session_ttl_s > 0 or not reader_timeout_s > 0:
             raise ValueError("max_turns and max_sessions must be at least 1, session_ttl_s and reader_timeout_s "

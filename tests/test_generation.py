@@ -75,6 +75,10 @@ def test_the_task_helpers_and_the_app_read_generation_config(tiny):
     assert calls[-1]["max_new_tokens"] == 2
     assert ChatModel(model, processor).max_new_tokens == 7
     assert ChatModel(model, processor, max_new_tokens=9).max_new_tokens == 9
+    model.generation_config.max_new_tokens = 1000  # over the page's bound: the page starts at the bound
+    assert ChatModel(model, processor).max_new_tokens == 256
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        ChatModel(model, processor, max_new_tokens=1000)  # a value the user gives out of bounds is refused
 
 
 def test_a_model_saved_without_decoding_defaults_gets_the_project_default(tiny):
