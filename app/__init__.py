@@ -2,7 +2,8 @@
 
 - `minivlm.app.engine`: loading a MiniVLM, checking uploads, streamed captions and answers with the
   image encoded once per conversation. No Gradio: usable and tested on its own.
-- `minivlm.app.boxes`: boxes written as `[x1, y1, x2, y2]` on a 0–1000 grid, parsed and drawn.
+- `minivlm.app.boxes`: the boxes of a reply (`[x1, y1, x2, y2]` on a 0–1000 grid) as the page shows them,
+  read by the shipped parser and drawn by `minivlm.processing.grounding.draw_boxes`.
 - `minivlm.app.ui`: the Gradio page and `main()`. Needs the optional extra: `pip install 'minivlm[app]'`.
 
 The Space in `space/` is a thin entry point over `minivlm.app.ui.main`.

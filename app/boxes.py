@@ -1,17 +1,16 @@
 """Boxes in answers, for the page: the project's text format `[x1, y1, x2, y2]` (integers on a
-0–1000 grid, `minivlm.processing.grounding`), read with a label and checked, and drawn large.
+0–1000 grid), read with the words that name them and checked, by the shipped parser
+(`minivlm.grounding_minivlm`); drawn by `minivlm.processing.grounding.draw_boxes`.
 """
 
-import re
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from minivlm.processing.grounding import BOX_PATTERN, GRID, valid_box
+from minivlm.grounding_minivlm import GRID, grid_to_pixels, parse_labelled_boxes, valid_box
+from minivlm.processing.grounding import draw_boxes
 
-# Words that describe the box before it: "the red circle [..]" → "red circle".
-_LABEL_STOPWORDS = {"a", "an", "the", "is", "at", "in", "of", "and", "it", "its", "there", "are", "on", "with"}
-COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+DISPLAY_MIN_SIDE = 384  # small images are enlarged to at least this many pixels before boxes are drawn
 
 
 @dataclass(frozen=True)
@@ -24,59 +23,34 @@ class Box:
     y2: float
     label: str = ""
 
+    @property
+    def grid(self) -> tuple[float, float, float, float]:
+        """The corners `(x1, y1, x2, y2)` on the grid."""
+        return (self.x1, self.y1, self.x2, self.y2)
+
     def to_pixels(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The box in pixels of a `width × height` image."""
-        return (self.x1 * width / GRID, self.y1 * height / GRID, self.x2 * width / GRID, self.y2 * height / GRID)
+        return grid_to_pixels(self.grid, (width, height))
 
 
-def _label(text_before: str) -> str:
-    words = re.findall(r"[\w-]+", text_before.split(".")[-1].split(";")[-1])
-    while words and words[0].lower() in _LABEL_STOPWORDS:
-        words = words[1:]
-    return " ".join(words[-3:])
+def reply_boxes(text: str) -> list[Box]:
+    """The boxes of a reply the page shows: every box of `text` that is one in this format, in order.
 
-
-def parse_boxes(text: str) -> list[Box]:
-    """Every `[x1, y1, x2, y2]` in `text` whose numbers lie on the 0–1000 grid, in order.
-
-    Corners given in the wrong order are swapped; boxes with a value above 1000 or no area are
-    skipped (not a box in this format). Each box is labelled with up to three words before it.
+    Read by `parse_labelled_boxes` (each labelled with up to three words before it) and checked by
+    `valid_box`: corners in the wrong order are swapped; boxes with a value outside [0, 1000] or no
+    area are skipped.
     """
     boxes = []
-    start = 0
-    for match in BOX_PATTERN.finditer(text):
-        label = _label(text[start : match.start()])
-        start = match.end()
-        box = valid_box(match.groups())  # corners put in order; off-grid or flat boxes are None
-        if box is None:
-            continue
-        boxes.append(Box(*(float(v) for v in box), label))
+    for raw, label in parse_labelled_boxes(text):
+        box = valid_box(raw)
+        if box is not None:
+            boxes.append(Box(*(float(v) for v in box), label))
     return boxes
 
 
-def draw_boxes(image: Image.Image, boxes: list[Box], min_side: int = 384) -> Image.Image:
-    """A copy of `image` with the boxes and their labels drawn on it.
-
-    Small images (the shapes set is 32–64 px) are enlarged first (nearest neighbour) so that the
-    shorter side is at least `min_side` pixels and the lines stay readable.
-    """
-    image = image.convert("RGB")
-    scale = max(1, -(-min_side // min(image.size)))
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=max(12, image.height // 28))
-    width = max(2, image.height // 150)
-    for index, box in enumerate(boxes):
-        colour = COLOURS[index % len(COLOURS)]
-        x1, y1, x2, y2 = box.to_pixels(*image.size)
-        draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
-        label = box.label or f"box {index + 1}"
-        left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
-        top_y = y1 - (bottom - top) - 2 * width if y1 - (bottom - top) - 2 * width >= 0 else y1
-        draw.rectangle((x1, top_y, x1 + right - left + 2 * width, top_y + bottom - top + 2 * width), fill=colour)
-        draw.text((x1 + width, top_y + width - (top - y1)), label, fill="white", font=font)
-    return image
+def draw_reply_boxes(image: Image.Image, boxes: list[Box], min_side: int = DISPLAY_MIN_SIDE) -> Image.Image:
+    """A copy of `image`, enlarged to at least `min_side` pixels, with `boxes` and their labels drawn."""
+    return draw_boxes(image, [box.grid for box in boxes], labels=[box.label for box in boxes], min_side=min_side)
 
 
-__all__ = ["BOX_PATTERN", "GRID", "Box", "draw_boxes", "parse_boxes"]
+__all__ = ["DISPLAY_MIN_SIDE", "GRID", "Box", "draw_reply_boxes", "reply_boxes"]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
 import weakref
@@ -40,18 +39,22 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoModel, AutoProcessor, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from minivlm.processing.builder import HUB_ID
 from minivlm.processing.conversations import chat_messages
 from minivlm.image_cache_minivlm import ImagePrefixCache
-from minivlm.processing_minivlm import to_rgb
+from minivlm.configuration_minivlm import DEFAULT_DECODING, decoding_defaults
+from minivlm.processing_minivlm import IMAGE_TOKEN, to_rgb
 
-from .boxes import Box, parse_boxes
+from .boxes import Box, reply_boxes
 
 
 logger = logging.getLogger("minivlm.app")
 
 DEFAULT_MODEL = "outputs/demo/model"  # where `make demo` (scripts/demo.py) saves the model it trains
-MAX_IMAGE_BYTES = 10 * 2**20
-MAX_IMAGE_PIXELS = 40_000_000
+# The page's upload limits, stricter than the loader's (`minivlm.image_loading.MAX_DOWNLOAD_BYTES` and
+# `MAX_IMAGE_PIXELS`): uploads come from anyone, and the model sees every image at its own small resolution.
+MAX_UPLOAD_BYTES = 10 * 2**20
+MAX_UPLOAD_PIXELS = 40_000_000
 STRATEGIES = ("greedy", "beam search", "sampling")
 # The decoding settings' bounds, (low, high) inclusive: the page's sliders show them, the engine enforces them.
 LIMITS = {"max_new_tokens": (1, 256), "num_beams": (1, 8), "temperature": (0.1, 2.0), "top_p": (0.05, 1.0)}
@@ -60,15 +63,14 @@ DISPLAY_MAX_SIDE = 1024  # the copy of an upload a conversation keeps for the pa
 MAX_SESSIONS = 32
 SESSION_TTL_S = 30 * 60.0
 READER_TIMEOUT_S = 20.0
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 class ImageError(ValueError):
     """An upload the app cannot use; the message says what is wrong and what to do."""
 
 
-def load_image_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES,
-                    max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image_file(path: str | os.PathLike, max_bytes: int = MAX_UPLOAD_BYTES,
+                    max_pixels: int = MAX_UPLOAD_PIXELS) -> Image.Image:
     """Opens an uploaded file as an upright RGB image, or raises `ImageError` saying why not.
 
     Checks, cheapest first: the file's size (`max_bytes`), that PIL recognises it as an image,
@@ -117,7 +119,7 @@ class Decoding:
     """
 
     strategy: str = "greedy"
-    max_new_tokens: int = 32
+    max_new_tokens: int = DEFAULT_DECODING["max_new_tokens"]  # the engine passes the model's (generation_config)
     num_beams: int = 3
     temperature: float = 0.7
     top_p: float = 0.9
@@ -224,14 +226,17 @@ class ChatModel:
         caption_prompt: text after the image that asks for a caption ("" : the image alone, as
             captioners are trained).
         max_turns: questions and answers kept in the prompt (older ones are dropped).
-        max_new_tokens: the page's default answer length.
+        max_new_tokens: the page's default answer length (None: the model's `generation_config`).
         name: shown on the page.
     """
 
     def __init__(self, model, processor, *, chat: bool | None = None, caption_prompt: str = "",
-                 max_turns: int = 3, max_new_tokens: int = 32, name: str = "MiniVLM",
+                 max_turns: int = 3, max_new_tokens: int | None = None, name: str = "MiniVLM",
                  max_sessions: int = MAX_SESSIONS, session_ttl_s: float = SESSION_TTL_S,
                  reader_timeout_s: float = READER_TIMEOUT_S):
+        if max_new_tokens is None:  # the model's default, within the page's bounds (a given value out of them is refused)
+            low, high = LIMITS["max_new_tokens"]
+            max_new_tokens = min(max(decoding_defaults(getattr(model, "generation_config", None))["max_new_tokens"], low), high)
         max_new_tokens = bounded("max_new_tokens", max_new_tokens, integer=True)
         if max_turns < 1 or max_sessions < 1 or not session_ttl_s > 0 or not reader_timeout_s > 0:
             raise ValueError("max_turns and max_sessions must be at least 1, session_ttl_s and reader_timeout_s "
@@ -277,7 +282,7 @@ class ChatModel:
         tokenizer = self.processor.tokenizer
         if getattr(tokenizer, "unk_token_id", None) is None:
             return None
-        special = set(tokenizer.all_special_tokens) | {getattr(self.processor, "image_token", "<image>")}
+        special = set(tokenizer.all_special_tokens) | {getattr(self.processor, "image_token", IMAGE_TOKEN)}
         words = sorted(word for word in tokenizer.get_vocab() if word not in special)
         return words if len(words) <= limit else None
 
@@ -443,7 +448,7 @@ class ChatModel:
         reply_text = self.processor.post_process_image_text_to_text(new_ids)[0]
         reply = Reply(
             text=reply_text,
-            boxes=parse_boxes(reply_text),
+            boxes=reply_boxes(reply_text),
             seconds=time.perf_counter() - start,
             new_tokens=int(new_ids.shape[1]),
             image_encoded=cache.encodes > encodes_before,
@@ -487,7 +492,8 @@ def template_has_generation_prompt(processor) -> bool:
 
 
 __all__ = [
-    "DEFAULT_MODEL", "DISPLAY_MAX_SIDE", "LIMITS", "MAX_IMAGE_BYTES", "MAX_QUESTION_CHARS", "MAX_SESSIONS",
+    "DEFAULT_MODEL", "DISPLAY_MAX_SIDE", "LIMITS", "MAX_QUESTION_CHARS", "MAX_SESSIONS", "MAX_UPLOAD_BYTES",
+    "MAX_UPLOAD_PIXELS",
     "SESSION_TTL_S", "STRATEGIES", "bounded", "ChatModel", "Conversation", "Decoding", "ImageError", "Reply",
     "load_image_file", "template_has_generation_prompt",
 ]

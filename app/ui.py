@@ -18,10 +18,10 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from .engine import (
-    DEFAULT_MODEL, LIMITS, MAX_IMAGE_BYTES, MAX_SESSIONS, SESSION_TTL_S, STRATEGIES, ChatModel, Conversation, Decoding,
+    DEFAULT_MODEL, LIMITS, MAX_UPLOAD_BYTES, MAX_SESSIONS, SESSION_TTL_S, STRATEGIES, ChatModel, Conversation, Decoding,
     ImageError, Reply, load_image_file,
 )
-from .boxes import draw_boxes
+from .boxes import draw_reply_boxes
 
 
 try:
@@ -92,7 +92,7 @@ def _chat_messages(conversation: Conversation | None, pending: tuple[str, str] |
 def _boxes_view(conversation: Conversation, reply: Reply):
     if not reply.boxes:
         return gr.Image(value=None, visible=False)
-    return gr.Image(value=draw_boxes(conversation.image, reply.boxes), visible=True)
+    return gr.Image(value=draw_reply_boxes(conversation.image, reply.boxes), visible=True)
 
 
 def build_demo(chat_model: ChatModel, examples: list[tuple[str, str] | str] | None = None) -> gr.Blocks:
@@ -239,10 +239,13 @@ def build_demo(chat_model: ChatModel, examples: list[tuple[str, str] | str] | No
 class AppArguments:
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "A MiniVLM folder or Hub id (default: the model "
                                                                  "`make demo` trains)."})
-    mode: str = field(default="auto", metadata={"help": "'auto' (chat if the chat template has an answer prompt), "
-                                                        "'caption' or 'chat'.", "choices": ["auto", "caption", "chat"]})
+    mode: str = field(default="auto", metadata={"help": "'auto' (chat when the model's config says it was trained on "
+                                                        "questions, `instruction_tuned`, or its chat template writes an "
+                                                        "answer prompt; captions only otherwise), 'caption' or 'chat'.",
+                                                "choices": ["auto", "caption", "chat"]})
     caption_prompt: str = field(default="", metadata={"help": "Text after the image that asks for a caption."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Default of the page's max new tokens."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Default of the page's max new tokens "
+                                                                      "(default: the model's generation_config)."})
     max_turns: int = field(default=3, metadata={"help": "Questions and answers kept in the prompt."})
     max_sessions: int = field(default=MAX_SESSIONS, metadata={"help": "Conversations held at once; the least "
                                                                        "recently used beyond that are released."})
@@ -272,10 +275,10 @@ def create_app(args: AppArguments) -> tuple[gr.Blocks, ChatModel, Path | None]:
 
 def launch(demo: gr.Blocks, examples_dir: Path | None = None, **kwargs):
     """`demo.launch(**kwargs)` with the page's style, its examples' folder allowed, and uploads over
-    `MAX_IMAGE_BYTES` refused by the server before they reach its temporary folder."""
+    `MAX_UPLOAD_BYTES` refused by the server before they reach its temporary folder."""
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # system fonts: no font download
-    kwargs.setdefault("max_file_size", MAX_IMAGE_BYTES)
+    kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
     return demo.launch(css=CSS, theme=theme, allowed_paths=[str(examples_dir)] if examples_dir else None, **kwargs)
 
 

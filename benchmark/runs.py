@@ -25,8 +25,9 @@ from .measure import PeakMemory, count_parameters, cpu_has_native_bf16, cpu_name
 from .notebook import NotebookMiniVLM
 
 
-# Presets are data: sub-config overrides on top of MiniVLMConfig's defaults (the real shapes).
-PRESETS: dict[str, dict[str, dict]] = {
+# Model shapes the benchmark measures, by name (`--preset`), as data: sub-config overrides on top of
+# MiniVLMConfig's defaults (the real shapes). Not the training presets (`minivlm.training.presets.PRESETS`).
+MODEL_SHAPES: dict[str, dict[str, dict]] = {
     # ViT-L/16-224 (24 layers, 1024 wide) + SmolLM-360M (32 layers, 960 wide, vocab 49153).
     "notebook": {"vision_config": {}, "text_config": {}},
     # The notebook's widths and heads with a few of its layers: ViT 3 of 24 and LM 4 of 32 (the same
@@ -62,7 +63,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 @dataclass
 class BenchmarkArguments:
-    preset: str = field(default="small", metadata={"help": "Model shapes.", "choices": list(PRESETS)})
+    preset: str = field(default="small", metadata={"help": "Model shapes.", "choices": list(MODEL_SHAPES)})
     device: str = field(default="auto", metadata={"help": "'auto' (cuda if available), 'cuda' or 'cpu'."})
     steps: int = field(default=3, metadata={"help": "Timed training steps per run (throughput: the median step)."})
     warmup: int = field(default=1, metadata={"help": "Untimed training steps (and generate calls) before timing."})
@@ -110,7 +111,7 @@ class BenchmarkArguments:
 
 def build_config(preset: str, **overrides: Any) -> MiniVLMConfig:
     """The preset's MiniVLMConfig; `<image>` is the last token of the vocabulary, EOS/pad token 0."""
-    shapes = PRESETS[preset]
+    shapes = MODEL_SHAPES[preset]
     # A sub-config dict replaces MiniVLMConfig's defaults wholesale: start from the real shapes.
     vision_config = {"model_type": "vit", **VIT_LARGE_PATCH16_224, **shapes["vision_config"]}
     text_config = {"model_type": "llama", **SMOLLM_360M, **shapes["text_config"]}
@@ -150,7 +151,7 @@ def notebook_batch(captions: list[list[int]], pixel_values: torch.Tensor, pad_id
 
 
 def minivlm_batch(captions: list[list[int]], config: MiniVLMConfig, eos_id: int) -> dict[str, torch.Tensor]:
-    """CaptionCollator's layout: `<image>`×N, caption, EOS; right padded to the longest; labels on the
+    """ConversationCollator's layout: `<image>`×N, caption, EOS; right padded to the longest; labels on the
     caption; `logits_to_keep` from the last image token on (the LM head skips the image positions)."""
     image = [config.image_token_index] * config.image_seq_length
     sequences = [image + caption + [eos_id] for caption in captions]

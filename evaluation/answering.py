@@ -22,22 +22,26 @@ from typing import Any
 
 import datasets
 import torch
-from transformers.utils.logging import tqdm
 
+from minivlm.evaluation.generation import generate_texts, generation_kwargs
 from minivlm.processing.conversations import chat_messages
 from minivlm.processing.grounding import parse_boxes
 from minivlm.evaluation.boxes import BOX_IOU_THRESHOLD, box_iou, box_metrics
 from minivlm.evaluation.vqa import vqa_accuracy
 
-__all__ = ["ANSWER_DECODING", "QUESTION_SCORE_KEYS", "answer_questions", "answer_chats", "evaluate_answers",
+__all__ = ["QUESTION_SCORE_KEYS", "answer_decoding", "answer_questions", "answer_chats", "evaluate_answers",
            "evaluate_chat", "load_question_dataset", "load_questions"]
 
 logger = logging.getLogger(__name__)
 
 # The numbers `evaluate_answers` returns (per-type accuracies come as `vqa_accuracy_<type>` besides).
 QUESTION_SCORE_KEYS = ("vqa_accuracy", "box_accuracy", "box_mean_iou")
-# Greedy, short answers: how `evaluate_answers` decodes (recorded beside the scores in the model card).
-ANSWER_DECODING: dict[str, Any] = {"max_new_tokens": 16, "num_beams": 1, "do_sample": False}
+
+
+def answer_decoding(model: torch.nn.Module, max_new_tokens: int | None = None) -> dict[str, Any]:
+    """How `evaluate_answers` decodes `model`'s answers (recorded beside the scores in the model card):
+    greedy, with the model's `generation_config` defaults, `max_new_tokens` when given."""
+    return generation_kwargs(model, max_new_tokens=max_new_tokens, do_sample=False)
 
 
 def answer_questions(
@@ -47,11 +51,12 @@ def answer_questions(
     questions: list[str | list[dict[str, Any]]],
     *,
     batch_size: int = 32,
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     progress: bool = False,
     **generate_kwargs: Any,
 ) -> list[str]:
-    """Greedy answers to `questions[i]` about `images[i]`, in order (stripped, special tokens removed).
+    """Greedy answers to `questions[i]` about `images[i]`, in order (stripped, special tokens removed), at most
+    `max_new_tokens` tokens each (None: the model's `generation_config`, see `generation_kwargs`).
 
     A question is a string (asked as one user turn: the image, then the text) or a conversation that
     ends with the user's turn (chat-format messages, earlier turns as context); `images[i]` is one
@@ -71,7 +76,7 @@ def answer_chats(
     questions: list[str],
     *,
     batch_size: int = 32,
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     progress: bool = False,
     **generate_kwargs: Any,
 ) -> list[str]:
@@ -80,28 +85,15 @@ def answer_chats(
     question given as chat messages (ending with the user's turn) is asked as it is, its history ignored."""
     if not len(images) == len(histories) == len(questions):
         raise ValueError(f"{len(images)} images, {len(histories)} histories and {len(questions)} questions")
-    answers: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(questions), batch_size), desc="Answering", disable=not progress):
-                end = start + batch_size
-                prompts = [processor.apply_chat_template(
-                    question if isinstance(question, list) else chat_messages(history, question),
-                    add_generation_prompt=True) for history, question in zip(histories[start:end], questions[start:end])]
-                inputs = processor(images=images[start:end], text=prompts, padding=True,
-                                   return_tensors="pt").to(model.device)
-                generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
-                answers += processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1]:])
-    finally:
-        model.train(was_training)
-    return answers
+    prompts = [processor.apply_chat_template(question if isinstance(question, list) else chat_messages(history, question),
+                                             add_generation_prompt=True) for history, question in zip(histories, questions)]
+    return generate_texts(model, processor, images, prompts, batch_size=batch_size, progress=progress, desc="Answering",
+                          max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
 
 
 def evaluate_answers(
     model: torch.nn.Module, processor, dataset: datasets.Dataset | list[dict[str, Any]], *, batch_size: int = 32,
-    max_new_tokens: int = 16, progress: bool = False,
+    max_new_tokens: int | None = None, progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Answers every question of `dataset` (rows with ``image``, ``question``, ``answer`` or ``answers``, and
     optionally ``type`` and ``id``; or, from a conversation (`minivlm.evaluation.tasks`), ``images`` and the
@@ -154,7 +146,7 @@ def _correct(prediction: str, references: list[str]) -> float:
 
 def evaluate_chat(
     model: torch.nn.Module, processor, dataset: datasets.Dataset | list[dict[str, Any]], *, turns: int = 4,
-    batch_size: int = 32, max_new_tokens: int = 16, progress: bool = False,
+    batch_size: int = 32, max_new_tokens: int | None = None, progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Each image's first `turns` questions asked in one chat, every question after the earlier questions and
     the model's own answers to them.

@@ -1,14 +1,15 @@
 """Caption evaluation: batched generation and COCO metrics against all references.
 
 - `generate_captions`: one caption per image of a uniform-view dataset (``image``, ``captions``,
-  ``id``), batched, in dataset order, the prompt cut off.
+  ``id``), batched (`minivlm.evaluation.generation.generate_texts`), in dataset order, the prompt cut off;
+  decoded with the model's `generation_config` defaults unless told otherwise.
 - `evaluate_captions`: predictions plus BLEU-1..4 / METEOR / ROUGE-L / CIDEr against every
   reference of each image (and `shapes_accuracy` on the synthetic shapes set), with the decoding
   settings recorded beside the scores, since beam search or sampling changes them.
 - `load_evaluation_dataset`: `minivlm.processing.loading.load_split` under its older name: a split in the
   uniform view, cleaned, with the shapes ``objects`` attached, for `shapes_accuracy`.
 
-The Trainer callback that runs them during training is `minivlm.training.callbacks.CaptionEvalCallback`.
+The Trainer callback that runs them during training is `minivlm.training.callbacks.ValidationScoresCallback`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 import datasets
 import torch
 from PIL import Image
-from transformers.utils.logging import tqdm
 
+from minivlm.configuration_minivlm import DEFAULT_DECODING  # noqa: F401  (re-exported: its old home)
+from minivlm.evaluation.generation import generate_texts, generation_kwargs
 from minivlm.processing.loading import load_split as load_evaluation_dataset
 from minivlm.evaluation.metrics import compute_caption_metrics
 from minivlm.processing.shapes import shapes_accuracy
@@ -31,8 +33,6 @@ __all__ = ["DEFAULT_DECODING", "SCORE_KEYS", "evaluate_captions", "generate_capt
 
 logger = logging.getLogger(__name__)
 
-# Greedy decoding, the notebook's and the pipeline's default: scores are comparable across runs.
-DEFAULT_DECODING: dict[str, Any] = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
 # The metrics `compute_caption_metrics` returns as numbers (METEOR may be None).
 SCORE_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
 
@@ -52,9 +52,9 @@ def generate_captions(
     *,
     batch_size: int = 32,
     prompt: str = "",
-    max_new_tokens: int = 32,
-    num_beams: int = 1,
-    do_sample: bool = False,
+    max_new_tokens: int | None = None,
+    num_beams: int | None = None,
+    do_sample: bool | None = None,
     progress: bool = True,
     **generate_kwargs: Any,
 ) -> list[str]:
@@ -67,32 +67,18 @@ def generate_captions(
             or of example dicts with an ``image``.
         batch_size: images per ``generate`` call; the prompt is the same for all, so no row is padded.
         prompt: text the caption continues (the one used in training).
-        max_new_tokens, num_beams, do_sample, generate_kwargs: passed to ``model.generate``.
+        max_new_tokens, num_beams, do_sample, generate_kwargs: passed to ``model.generate``; None: the
+            model's ``generation_config`` (`minivlm.configuration_minivlm.decoding_defaults`).
         progress: show a tqdm bar over batches.
 
     Returns:
         One stripped caption per image (the prompt is not part of it).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    captions: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(dataset), batch_size), desc="Captioning", unit="batch", disable=not progress):
-                images = _images(dataset, start, start + batch_size)
-                inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt").to(model.device)
-                generated = model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample, **generate_kwargs
-                )
-                # generate() returns prompt + continuation; left padding puts every row's prompt in
-                # the first input_ids.shape[1] columns.
-                new_tokens = generated[:, inputs["input_ids"].shape[1]:]
-                captions.extend(processor.post_process_image_text_to_text(new_tokens))
-    finally:
-        model.train(was_training)
-    return captions
+    return generate_texts(
+        model, processor, lambda start, stop: _images(dataset, start, stop), [prompt] * len(dataset),
+        batch_size=batch_size, progress=progress, desc="Captioning",
+        max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample, **generate_kwargs,
+    )
 
 
 def evaluate_captions(
@@ -113,7 +99,7 @@ def evaluate_captions(
         dataset: ``image``, ``captions`` (list of str), ``id``; with an ``objects`` column (the
             shapes set, see `minivlm.processing.loading.load_split`) `shapes_accuracy` is added.
         decoding: ``generate`` settings (``max_new_tokens``, ``num_beams``, ``do_sample``, any other
-            ``generate`` keyword); missing ones take `DEFAULT_DECODING`.
+            ``generate`` keyword); missing ones take the model's (`generation_kwargs`).
         batch_size, prompt: as for `generate_captions`.
         meteor: None computes METEOR when Java is present, False skips it (it starts a JVM, ~8 s).
 
@@ -123,7 +109,7 @@ def evaluate_captions(
         ``unavailable``), plus ``shapes_accuracy`` when available and ``decoding``: the settings
         used, the prompt included.
     """
-    decoding = {**DEFAULT_DECODING, **(decoding or {})}
+    decoding = generation_kwargs(model, **(decoding or {}))
     if decoding.setdefault("prompt", prompt) != prompt:
         raise ValueError(f"the prompt is given twice: prompt={prompt!r} and decoding['prompt']={decoding['prompt']!r}")
     generate_kwargs = {k: v for k, v in decoding.items() if k != "prompt"}

@@ -4,7 +4,7 @@
     from minivlm.export.runner import OnnxMiniVLM
     runner = OnnxMiniVLM("minivlm-onnx")
     processor = AutoProcessor.from_pretrained("minivlm-onnx", trust_remote_code=True)
-    inputs = processor(images=image, text="<image>", return_tensors="np")
+    inputs = processor(images=image, text=processor.image_token, return_tensors="np")
     tokens = runner.generate(**inputs, max_new_tokens=32)   # the tokens of model.generate(..., do_sample=False)
 
 It is also the reference for other runtimes (transformers.js, onnxruntime in C#/C++): embed the ids,

@@ -208,6 +208,24 @@ class MiniVLMConfig(PreTrainedConfig):
         return self.num_additional_image_tokens if self.vision_feature_select_strategy == "full" else 0
 
 
+# Decoding defaults, one home: the builder writes them into every model's `generation_config` (saved as
+# generation_config.json); everything that generates (evaluation, the commands, the app, the task
+# helpers, the pipelines) reads them from there through `decoding_defaults`, and a value the user
+# gives wins. Greedy, 32 new tokens, for captions and answers alike: both end at their EOS well before.
+DEFAULT_DECODING = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
+
+
+def decoding_defaults(generation_config=None) -> dict:
+    """`max_new_tokens`, `num_beams` and `do_sample` as `generation_config` (a model's) sets them, each
+    one it leaves unset (a model saved before the builder wrote them) taken from `DEFAULT_DECODING`."""
+    values = dict(DEFAULT_DECODING)
+    for name in values:
+        value = getattr(generation_config, name, None)
+        if value is not None:
+            values[name] = value
+    return values
+
+
 MAX_PARAMETERS = 10**12  # ~4 TB of float32 weights: no machine holds a model past this
 MAX_LAYERS = 1024
 
@@ -232,4 +250,4 @@ def check_config_size(config: MiniVLMConfig) -> None:
                          "num_hidden_layers and vocab_size.")
 
 
-__all__ = ["MiniVLMConfig"]
+__all__ = ["DEFAULT_DECODING", "MiniVLMConfig", "decoding_defaults"]

@@ -5,6 +5,7 @@ corners are relative to the image (0 = left/top edge, 1000 = right/bottom edge),
 the same on any image size and any resize the image processor does.
 
     parse_boxes("the circle is at [190, 130, 630, 560]")  # [(190, 130, 630, 560)]
+    parse_labelled_boxes("the circle is at [190, 130, 630, 560]")  # [((190, 130, 630, 560), "circle")]
     valid_box((630, 130, 190, 560))                       # (190, 130, 630, 560): corners put in order
     grid_to_pixels((190, 130, 630, 560), (64, 64))         # (12.16, 8.32, 40.32, 35.84)
 
@@ -22,12 +23,38 @@ GRID = 1000
 BOX_PATTERN = re.compile(r"\[\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
 
 
+# Words that describe a box without naming it: "the red circle is at [..]" → "red circle".
+_LABEL_STOPWORDS = {"a", "an", "the", "is", "at", "in", "of", "and", "it", "its", "there", "are", "on", "with"}
+
+
+def _label(text_before: str) -> str:
+    """Up to three words naming a box: the last words of the clause before it, leading stopwords dropped."""
+    words = re.findall(r"[\w-]+", text_before.split(".")[-1].split(";")[-1])
+    while words and words[0].lower() in _LABEL_STOPWORDS:
+        words = words[1:]
+    return " ".join(words[-3:])
+
+
+def parse_labelled_boxes(text: str) -> list[tuple[tuple[int, int, int, int], str]]:
+    """Every `[x1, y1, x2, y2]` box in `text`, in order, with the words before it that name it.
+
+    Each item is `(box, label)`: the box as `parse_boxes` reads it (not checked; `valid_box` checks
+    it), the label up to three words of the text between the previous box and this one ("the red
+    circle [..]" → "red circle"; "" when nothing names it).
+    """
+    found, start = [], 0
+    for match in BOX_PATTERN.finditer(text):
+        found.append((tuple(int(v) for v in match.groups()), _label(text[start : match.start()])))
+        start = match.end()
+    return found
+
+
 def parse_boxes(text: str) -> list[tuple[int, int, int, int]]:
     """Every `[x1, y1, x2, y2]` box in `text`, in order, as integer tuples (grid units, not checked).
 
     Any integers, any spacing: also the `[ 120, 80, 400, 360 ]` a word-level tokenizer decodes to.
     """
-    return [tuple(int(v) for v in match.groups()) for match in BOX_PATTERN.finditer(text)]
+    return [box for box, _ in parse_labelled_boxes(text)]
 
 
 def valid_box(box: Sequence[float]) -> tuple[int, int, int, int] | None:
@@ -52,4 +79,4 @@ def grid_to_pixels(box: Sequence[float], image_size: tuple[int, int]) -> tuple[f
     return (box[0] * width / GRID, box[1] * height / GRID, box[2] * width / GRID, box[3] * height / GRID)
 
 
-__all__ = ["GRID", "BOX_PATTERN", "grid_to_pixels", "parse_boxes", "valid_box"]
+__all__ = ["GRID", "BOX_PATTERN", "grid_to_pixels", "parse_boxes", "parse_labelled_boxes", "valid_box"]

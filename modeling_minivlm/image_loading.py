@@ -234,9 +234,15 @@ def fetch_url(
     return b"".join(chunks)
 
 
+def pixel_limit(max_pixels: int | None = None) -> int:
+    """The most pixels an image may have: `max_pixels` when given, else `MINIVLM_MAX_IMAGE_PIXELS`, else
+    `MAX_IMAGE_PIXELS`. The one limit of loading images and of checking a dataset's images."""
+    return max_pixels or _env_number("MINIVLM_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)
+
+
 def check_pixels(image: Image.Image, max_pixels: int | None = None, source: Any = None) -> Image.Image:
-    """Raises `ImageLoadError` when `image` (opened, not yet decoded) has more than `max_pixels` pixels."""
-    max_pixels = max_pixels or _env_number("MINIVLM_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)
+    """Raises `ImageLoadError` when `image` (opened, not yet decoded) has more than `pixel_limit(max_pixels)` pixels."""
+    max_pixels = pixel_limit(max_pixels)
     width, height = image.size
     if width * height > max_pixels:
         raise ImageLoadError(
@@ -297,4 +303,4 @@ def load_image(
     raise ImageLoadError(f"{short(image)} is not an existing file, an http(s) URL or a data:image URI; check the path.")
 
 
-__all__ = ["ImageLoadError", "check_pixels", "fetch_url", "host_is_private", "is_private_address", "load_image"]
+__all__ = ["ImageLoadError", "MAX_IMAGE_PIXELS", "check_pixels", "pixel_limit", "fetch_url", "host_is_private", "is_private_address", "load_image"]

@@ -10,6 +10,7 @@ a bare image. A model config that declares this class under
 
 from transformers import GenerationConfig, Pipeline
 
+from .configuration_minivlm import DEFAULT_DECODING
 from .image_loading import load_image
 
 
@@ -29,7 +30,8 @@ class MiniVLMImageToTextPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
     _pipeline_calls_generate = True
-    _default_generation_config = GenerationConfig(max_new_tokens=32)
+    # For a model whose generation_config sets no length (saved before the builder wrote the defaults).
+    _default_generation_config = GenerationConfig(max_new_tokens=DEFAULT_DECODING["max_new_tokens"])
 
     def _sanitize_parameters(self, max_new_tokens=None, generate_kwargs=None, prompt=None, timeout=None):
         preprocess_params, forward_params = {}, {}

@@ -16,6 +16,9 @@ from .image_loading import load_image, short
 
 logger = logging.get_logger(__name__)
 
+# The placeholder an image takes in a text: the processor's default `image_token`, the token the builder
+# adds to the tokenizer, the marker LLaVA-format data and the chat template write. One home for it.
+IMAGE_TOKEN = "<image>"
 
 # Role-based, and built so that captioning is the one-turn case of chat. User (and system) turns
 # render their parts where the messages put them: `<image>` for an image, the text as it is.
@@ -42,7 +45,7 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- set ns.after_text = false -%}"
     "{%- else -%}"
     "{%- for part in parts -%}"
-    "{%- if part['type'] == 'image' -%}<image>{%- set ns.after_text = false -%}"
+    "{%- if part['type'] == 'image' -%}" + IMAGE_TOKEN + "{%- set ns.after_text = false -%}"
     "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- set ns.after_text = part['text'] | length > 0 -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
@@ -122,7 +125,7 @@ class MiniVLMProcessor(ProcessorMixin):
         tokenizer: the LM's tokenizer, with `<image>` as a special token.
         image_seq_length: image tokens per image: the model config's `image_seq_length`
             (`minivlm.processing.builder` sets it from the config; saved in `processor_config.json`).
-        image_token: the placeholder string (default `"<image>"`).
+        image_token: the placeholder string (default `IMAGE_TOKEN`, `"<image>"`).
         chat_template: Jinja template for `apply_chat_template` (default: image, then text).
     """
 
@@ -133,7 +136,7 @@ class MiniVLMProcessor(ProcessorMixin):
         image_processor=None,
         tokenizer=None,
         image_seq_length: int | None = None,
-        image_token: str = "<image>",
+        image_token: str = IMAGE_TOKEN,
         chat_template: str | None = None,
         **kwargs,
     ):

@@ -10,8 +10,8 @@
 Each helper equals the pipelines: `caption` is `pipeline("image-to-text")`, `query` is
 `pipeline("image-text-to-text")` on one user turn `[image, question]`, and `detect` reads the
 boxes out of the answer to `"locate the <object>"` (the instruction MiniVLM's grounding data
-uses). Greedy decoding and 32 new tokens unless told otherwise (`max_new_tokens`, any
-`generate()` option).
+uses). Greedy decoding and the model's `generation_config.max_new_tokens` (32 unless it says
+otherwise) unless told otherwise (`max_new_tokens`, any `generate()` option).
 
 The processor: pass `processor=` once (it is kept for later calls), or the helpers load it the
 way transformers does, `AutoProcessor.from_pretrained(config._name_or_path, trust_remote_code=True)`,
@@ -34,12 +34,12 @@ from collections.abc import Iterator
 import torch
 from transformers import AutoProcessor, TextIteratorStreamer
 
+from .configuration_minivlm import decoding_defaults
 from .grounding_minivlm import grid_to_pixels, parse_boxes, valid_box
 from .image_cache_minivlm import ImagePrefixCache
 
 
 DETECT_PROMPT = "locate the {}"
-DEFAULT_MAX_NEW_TOKENS = 32
 
 
 class _TaskState:
@@ -109,7 +109,7 @@ class MiniVLMTasksMixin:
 
     def _task_generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, **generate_kwargs) -> torch.Tensor:
         state = self._task_state()
-        generate_kwargs.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+        generate_kwargs.setdefault("max_new_tokens", decoding_defaults(self.generation_config)["max_new_tokens"])
         generate_kwargs.setdefault("do_sample", False)
         image_ends_prompt = int(input_ids[0, -1]) == self.config.image_token_index
         with torch.inference_mode():
@@ -147,7 +147,7 @@ class MiniVLMTasksMixin:
                 piece = piece.lstrip()
                 started = bool(piece)
             if piece:
-                yield piece.replace(getattr(processor, "image_token", "<image>"), "")
+                yield piece.replace(processor.image_token, "")  # the helpers take MiniVLM processors (`load_image`)
         thread.join()
         if errors:
             raise errors[0]

@@ -30,7 +30,8 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-from minivlm.image_loading import MAX_IMAGE_PIXELS
+from minivlm.image_loading import pixel_limit
+from minivlm.processing_minivlm import IMAGE_TOKEN
 
 __all__ = [
     "FLICKR8K", "BadDataError", "check_max_samples", "check_not_empty", "clean_caption_dataset", "load_caption_dataset", "load_raw_split",
@@ -41,7 +42,6 @@ FLICKR8K = "jxie/flickr8k"
 _METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 _CAPTIONS = datasets.List(datasets.Value("string"))
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-IMAGE_TOKEN = "<image>"
 logger = logging.getLogger(__name__)
 
 
@@ -338,7 +338,7 @@ def _image_problem(image: dict | None, decode: bool = True) -> str:
     """Why an undecoded image ({bytes, path}) cannot be used, or "" when it can.
 
     Checked from the file and the header: present, not empty, an image PIL recognises, at most
-    `MAX_IMAGE_PIXELS` pixels (exactly that many is allowed). With `decode` the pixels are then
+    `pixel_limit()` pixels (exactly that many is allowed; the limit images are loaded with). With `decode` the pixels are then
     decoded in full (truncated or corrupt files); without it nothing past the header is read.
     """
     data, path = (image or {}).get("bytes"), (image or {}).get("path")
@@ -353,7 +353,7 @@ def _image_problem(image: dict | None, decode: bool = True) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the full decode below is the verdict
             with Image.open(source) as im:
-                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:  # from the header, before decoding
+                if im.size[0] * im.size[1] > pixel_limit():  # from the header, before decoding
                     return "image too large"
                 if decode:
                     im.draft(None, (1, 1))  # JPEG: decode at 1/8 scale, faster; every byte is still read

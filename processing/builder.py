@@ -2,7 +2,8 @@
 
 Everything that has to agree between the model and the processor is set here, once: the
 tokenizer's `<image>` token (and the embedding rows for it), padding (EOS when the tokenizer has
-no pad token; on the left, for batched generation), the generation config's EOS / pad / BOS,
+no pad token; on the left, for batched generation), the generation config's EOS / pad / BOS and
+decoding defaults (`minivlm.configuration_minivlm.DEFAULT_DECODING`),
 and the processor's `image_seq_length` (read from the model config).
 
 Three ways in:
@@ -18,6 +19,8 @@ Each returns `(model, processor)`. The shipped files (`minivlm/*_minivlm.py`) ca
 module: remote code imports only its siblings.
 """
 
+import re
+
 import torch
 from transformers import (
     AutoConfig,
@@ -29,16 +32,18 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from minivlm.configuration_minivlm import MiniVLMConfig
+from minivlm.configuration_minivlm import DEFAULT_DECODING, MiniVLMConfig
 from minivlm.modeling_minivlm import MiniVLMForConditionalGeneration, MiniVLMMultiModalProjector
-from minivlm.processing_minivlm import MiniVLMProcessor
+from minivlm.processing_minivlm import IMAGE_TOKEN, MiniVLMProcessor
 
 
+# A Hub repo id, `org/name` (models and datasets alike): what the commands take besides a folder.
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DEFAULT_VISION_MODEL = "google/vit-large-patch16-224"
 DEFAULT_LANGUAGE_MODEL = "HuggingFaceTB/SmolLM-360M"
 
 
-def prepare_tokenizer(tokenizer, image_token: str = "<image>"):
+def prepare_tokenizer(tokenizer, image_token: str = IMAGE_TOKEN):
     """Adds `image_token` as a special token, pads with EOS when there is no pad token, pads on the left.
 
     Changes `tokenizer` in place and returns it.
@@ -53,17 +58,20 @@ def prepare_tokenizer(tokenizer, image_token: str = "<image>"):
 
 def configure_generation(model: MiniVLMForConditionalGeneration, tokenizer=None) -> MiniVLMForConditionalGeneration:
     """Sets the generation config's EOS, pad (EOS when there is none) and BOS from `tokenizer`, or,
-    without one (random models of the benchmark), from the text config's token ids."""
+    without one (random models of the benchmark), from the text config's token ids; and the decoding
+    defaults (`DEFAULT_DECODING`: greedy, 32 new tokens) that evaluation, the commands and the app read."""
     source = tokenizer if tokenizer is not None else model.config.text_config
     eos, pad, bos = (getattr(source, f"{name}_token_id", None) for name in ("eos", "pad", "bos"))
     generation_config = model.generation_config
     generation_config.eos_token_id = eos
     generation_config.pad_token_id = pad if pad is not None else eos
     generation_config.bos_token_id = bos
+    for name, value in DEFAULT_DECODING.items():  # the decoding defaults every caller reads (decoding_defaults)
+        setattr(generation_config, name, value)
     return model
 
 
-def build_processor(config: MiniVLMConfig, tokenizer, image_processor=None, image_token: str = "<image>") -> MiniVLMProcessor:
+def build_processor(config: MiniVLMConfig, tokenizer, image_processor=None, image_token: str = IMAGE_TOKEN) -> MiniVLMProcessor:
     """A processor for a model of `config`: its `image_seq_length`, `tokenizer` (prepared), and
     `image_processor` (default: a PIL ViT image processor at the encoder's image size)."""
     if image_processor is None:
@@ -90,7 +98,7 @@ def build_from_configs(
     text_config: dict,
     tokenizer,
     image_processor=None,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
     attn_implementation: str | dict | None = None,
     **config_kwargs,
 ) -> tuple[MiniVLMForConditionalGeneration, MiniVLMProcessor]:
@@ -115,7 +123,7 @@ def build_from_parts(
     language_model: PreTrainedModel,
     tokenizer,
     image_processor=None,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
     **config_kwargs,
 ) -> tuple[MiniVLMForConditionalGeneration, MiniVLMProcessor]:
     """Assembles a MiniVLM around an instantiated vision encoder and causal LM (`...ForCausalLM`).
@@ -172,7 +180,7 @@ def load_vision_tower(vision_model: str, **kwargs) -> PreTrainedModel:
 def build_from_pretrained_parts(
     vision_model: str = DEFAULT_VISION_MODEL,
     language_model: str = DEFAULT_LANGUAGE_MODEL,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
     dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = None,
     load_kwargs: dict | None = None,
@@ -199,6 +207,7 @@ def build_from_pretrained_parts(
 
 
 __all__ = [
+    "HUB_ID",
     "build_from_configs",
     "build_from_parts",
     "build_from_pretrained_parts",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from minivlm.processing_minivlm import MiniVLMProcessor, to_rgb
 
 
-__all__ = ["choose_caption", "caption_conversation", "caption_and_questions", "ConversationCollator", "CaptionCollator",
+__all__ = ["choose_caption", "caption_conversation", "caption_and_questions", "ConversationCollator",
            "PreprocessedDataset", "preprocessed_size"]
 
 
@@ -449,7 +450,13 @@ class PreprocessedDataset(torch.utils.data.Dataset):
         return [*(self.rows[0] if self.rows else {}), self.key]
 
 
-class CaptionCollator(ConversationCollator):
-    """[`ConversationCollator`] under its earlier name: caption examples `{"image", "captions", "id"}` in,
-    batches out (conversation examples work too)."""
+def __getattr__(name: str):
+    # `CaptionCollator`, the collator's name before it took conversations, is `ConversationCollator`
+    # itself (one class: monkeypatches and isinstance checks agree); deprecated for one release.
+    if name == "CaptionCollator":
+        warnings.warn("CaptionCollator was renamed ConversationCollator (it takes caption and conversation "
+                      "examples alike); the old name will be removed in the next release. Import "
+                      "minivlm.processing.collator.ConversationCollator instead.", FutureWarning, stacklevel=2)
+        return ConversationCollator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -39,6 +39,7 @@ from typing import Any
 import datasets
 
 from minivlm.image_loading import short
+from minivlm.processing_minivlm import IMAGE_TOKEN
 
 __all__ = [
     "MESSAGES", "CONVERSATION_FEATURES", "TRAINING_FEATURES", "from_chat", "from_llava", "from_cauldron", "from_vqa",
@@ -48,7 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_MARKER = "<image>"
 _PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
 MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_PART)})
 CONVERSATION_FEATURES = datasets.Features(
@@ -81,7 +81,7 @@ _IMAGE = {"type": "image", "text": None}
 def _split_markers(value: str) -> list[dict[str, Any]]:
     """A LLaVA turn's text as parts: an image part for every `<image>` marker, the text around it."""
     parts = []
-    for index, piece in enumerate(value.split(IMAGE_MARKER)):
+    for index, piece in enumerate(value.split(IMAGE_TOKEN)):
         if index:
             parts.append(dict(_IMAGE))
         piece = piece.strip("\n")
@@ -263,7 +263,7 @@ def _problem(messages: list[dict[str, Any]], n_images: int) -> str:
     for message in messages:
         if message["role"] == "assistant" and not "".join(p.get("text") or "" for p in message["content"]).strip():
             return "empty answer"
-    if any(IMAGE_MARKER in (p.get("text") or "") for m in messages for p in m["content"]):
+    if any(IMAGE_TOKEN in (p.get("text") or "") for m in messages for p in m["content"]):
         return "text holds the image token"  # it would be expanded into image tokens with no image for them
     parts = sum(p.get("type") == "image" for m in messages for p in m["content"])
     if parts != n_images:
@@ -308,7 +308,7 @@ def clean_conversations(
     Dropped, before any training step: no assistant turn, an empty answer, an unknown role, a text
     that holds the image token (`<image>` typed in a question or answer), an image count that does
     not match the image parts, and images that are missing, empty, not an image, or over
-    `MAX_IMAGE_PIXELS` pixels (read from the header; nothing is decoded). With `image_folder`
+    `pixel_limit()` pixels (read from the header; nothing is decoded). With `image_folder`
     (LLaVA JSON's), every image given by path must resolve inside it, symlinks followed: `../`,
     absolute paths and links that lead elsewhere are dropped.
 
@@ -398,4 +398,4 @@ def training_texts(ds: datasets.Dataset, chat_template: str | None = None) -> It
         if row.get("messages"):
             rendered, _ = render_jinja_template([row["messages"]], chat_template=chat_template or DEFAULT_CHAT_TEMPLATE,
                                                 eos_token=" ")
-            yield " ".join(rendered[0].replace(IMAGE_MARKER, " ").split())
+            yield " ".join(rendered[0].replace(IMAGE_TOKEN, " ").split())

@@ -39,12 +39,12 @@ from .conversations import (
 
 
 __all__ = [
-    "AUTO", "DATASET_FORMATS", "SHAPES", "AdapterOptions", "DatasetFormat", "TrainingData", "caption_column_argument",
+    "AUTO", "DATASET_FORMATS", "SHAPES_DATASET", "AdapterOptions", "DatasetFormat", "TrainingData", "caption_column_argument",
     "detect_format", "format_help", "load_raw_split", "load_split", "load_training_data", "register_format",
     "resolve_dataset", "shapes_objects", "to_conversations",
 ]
 
-SHAPES = "shapes"  # the dataset name that stands for the generated synthetic set
+SHAPES_DATASET = "shapes"  # the dataset name that stands for the generated synthetic set
 AUTO = "auto"  # the format name that asks for detection from a split's columns
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def resolve_dataset(
     ``num_eval`` validation and test images each, ``image_size`` pixels, ``seed``), or, with
     ``generate=False``, a FileNotFoundError says how to generate it.
     """
-    if dataset != SHAPES:
+    if dataset != SHAPES_DATASET:
         return dataset
     folder = Path(shapes_dir)
     if (folder / split / "metadata.jsonl").is_file():

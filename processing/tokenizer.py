@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from minivlm.processing_minivlm import IMAGE_TOKEN
+
 
 PAD, EOS, UNK, BOS = "<pad>", "<eos>", "<unk>", "<bos>"
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -25,7 +27,7 @@ DROPPED = "?"  # characters the tokenizer removes (see the module docstring)
 
 
 def build_word_level_tokenizer(
-    texts: Iterable[str], image_token: str = "<image>", min_frequency: int = 1
+    texts: Iterable[str], image_token: str = IMAGE_TOKEN, min_frequency: int = 1
 ) -> PreTrainedTokenizerFast:
     """Builds a lower-casing word-level tokenizer whose vocabulary is the words of `texts`.
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
 from minivlm.app.engine import DEFAULT_MODEL
+from minivlm.evaluation.generation import generate_texts
 
 
 logger = logging.getLogger("minivlm.caption")
@@ -41,8 +42,9 @@ class CaptionArguments:
                                                                   "of captioning it."})
     prompt: str = field(default="", metadata={"help": "Text the caption continues (the prompt used in training)."})
     batch_size: int = field(default=16)
-    max_new_tokens: int = field(default=32)
-    num_beams: int = field(default=1)
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Default: the model's generation_config "
+                                                                      "(32 for the models this project builds)."})
+    num_beams: int | None = field(default=None, metadata={"help": "Default: the model's generation_config (1)."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda when available, else cpu."})
     inputs: list[str] = field(default_factory=list, metadata={"help": "Set from the arguments without a flag."})
 
@@ -80,7 +82,7 @@ def check_arguments(args: CaptionArguments) -> None:
     if Path(args.output).exists() and not args.overwrite:
         raise ValueError(f"{args.output} exists; pass --overwrite to replace it, or another --output.")
     for name in ("batch_size", "max_new_tokens", "num_beams"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.question is not None and not args.question.strip():
         raise ValueError("--question is empty; ask something about the images, or leave it out to caption them.")
@@ -108,11 +110,8 @@ def caption_files(model, processor, files: list[Path], args: CaptionArguments, o
             except (ValueError, OSError) as error:
                 bad.append((path, str(error)))
         if images:
-            inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt").to(model.device)
-            with torch.inference_mode():
-                ids = model.generate(**inputs, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                                     do_sample=False)
-            texts = processor.post_process_image_text_to_text(ids[:, inputs["input_ids"].shape[1]:])
+            texts = generate_texts(model, processor, images, [prompt] * len(images), batch_size=len(images),
+                                   max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False)
             for path, text in zip(batch, texts):
                 row = ({"file": str(path), "caption": text} if args.question is None
                        else {"file": str(path), "question": args.question, "answer": text})

@@ -35,6 +35,9 @@ from minivlm.training.run import build_model, default_workers, load_data, parse_
 
 
 CHAT_TURNS = 4  # questions per image asked in one chat
+# The demo's captions and answers stop here rather than at the model's default (its generation_config, 32): the
+# shapes set's longest texts fit, the demo runs faster, and its figures stay comparable across versions.
+DEMO_MAX_NEW_TOKENS = 16
 
 
 @dataclass
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
 
     set_seed(demo.seed)
     untrained, untrained_processor = build_model(model_args, load_data(data_args, demo.seed)[0], data_args)
-    before = generate_captions(untrained, untrained_processor, samples, max_new_tokens=16, progress=False)
+    before = generate_captions(untrained, untrained_processor, samples, max_new_tokens=DEMO_MAX_NEW_TOKENS, progress=False)
 
     states, train_seconds = [], 0.0
     for (preset, stage_dir, *_), stage_argv, (model_args, data_args, training_args) in zip(stages, stage_argvs, stage_args):
@@ -123,29 +126,31 @@ def main(argv: list[str] | None = None) -> None:
     # Reload the saved folder as a Hub user would: remote code, Auto classes, pipeline.
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
-    predictions, metrics = evaluate_captions(model, processor, test, decoding={"max_new_tokens": 16},
+    predictions, metrics = evaluate_captions(model, processor, test, decoding={"max_new_tokens": DEMO_MAX_NEW_TOKENS},
                                              meteor=False, progress=False)
     captioner = pipeline("image-to-text", model=str(model_dir), trust_remote_code=True)
-    after = [result[0]["generated_text"] for result in captioner(list(samples["image"]), max_new_tokens=16, batch_size=8)]
+    after = [result[0]["generated_text"] for result in captioner(list(samples["image"]), max_new_tokens=DEMO_MAX_NEW_TOKENS, batch_size=8)]
     assert after == [p["caption"] for p in predictions[: demo.num_samples]], "pipeline and batched generation disagree"
 
     # Questions and grounding on the same held-out images, each question asked on its own.
     answers, answer_metrics, chats, chat_metrics = [], {}, [], {}
     if instruct:
         questions = load_question_dataset(str(data_dir), "test")
-        answers, answer_metrics = evaluate_answers(model, processor, questions, batch_size=64)
+        answers, answer_metrics = evaluate_answers(model, processor, questions, batch_size=64,
+                                                   max_new_tokens=DEMO_MAX_NEW_TOKENS)
         # The first CHAT_TURNS questions of each image in one chat, each after the model's own earlier answers.
-        chats, chat_metrics = evaluate_chat(model, processor, questions, turns=CHAT_TURNS, batch_size=64)
+        chats, chat_metrics = evaluate_chat(model, processor, questions, turns=CHAT_TURNS, batch_size=64,
+                                                   max_new_tokens=DEMO_MAX_NEW_TOKENS)
         chat = pipeline("image-text-to-text", model=str(model_dir), trust_remote_code=True)
         first = [{"role": "user", "content": [{"type": "image", "image": questions[0]["image"]},
                                               {"type": "text", "text": questions[0]["question"]}]}]
-        reply = chat(text=first, max_new_tokens=16, return_full_text=False)[0]["generated_text"].strip()
+        reply = chat(text=first, max_new_tokens=DEMO_MAX_NEW_TOKENS, return_full_text=False)[0]["generated_text"].strip()
         assert reply == answers[0]["prediction"], "the image-text-to-text pipeline and batched answers disagree"
         # The last turn of the first chat, asked through the pipeline with its history, as the app asks it.
         history = [(t["question"], t["prediction"]) for t in chats[0]["turns"][:-1]]
         messages = chat_messages(history, chats[0]["turns"][-1]["question"])
         messages[0]["content"][0]["image"] = questions[0]["image"]
-        reply = chat(text=messages, max_new_tokens=16, return_full_text=False)[0]["generated_text"].strip()
+        reply = chat(text=messages, max_new_tokens=DEMO_MAX_NEW_TOKENS, return_full_text=False)[0]["generated_text"].strip()
         assert reply == chats[0]["turns"][-1]["prediction"], "the pipeline and batched chat answers disagree"
 
     print("\nheld-out captions (untrained -> trained | a reference):")

@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
 from minivlm.processing.loading import caption_column_argument, resolve_dataset
-from minivlm.evaluation.answering import ANSWER_DECODING, QUESTION_SCORE_KEYS, evaluate_answers
+from minivlm.evaluation.answering import QUESTION_SCORE_KEYS, answer_decoding, evaluate_answers
 from minivlm.evaluation.captioning import SCORE_KEYS, evaluate_captions
 from minivlm.evaluation.tasks import load_evaluation_sets
 from minivlm.training.model_card import format_metrics
@@ -57,9 +57,11 @@ class EvalArguments:
     seed: int = field(default=42, metadata={"help": "Seed of the --max_samples subset (and of sampling)."})
     batch_size: int = field(default=32)
     prompt: str = field(default="", metadata={"help": "Text the caption continues: the prompt used in training."})
-    max_new_tokens: int = field(default=32)
-    num_beams: int = field(default=1)
-    do_sample: bool = field(default=False)
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Default: the model's generation_config "
+                                                                      "(32 for the models this project builds)."})
+    num_beams: int | None = field(default=None, metadata={"help": "Default: the model's generation_config (1)."})
+    do_sample: bool | None = field(default=None, metadata={"help": "Captions only (answers are greedy). Default: the "
+                                                                   "model's generation_config (False)."})
     questions: str = field(
         default="auto",
         metadata={"help": "Answer and score the split's questions: 'auto' (when it has any), 'yes' or 'no'.",
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
 
     decoding = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.do_sample}
+    decoding = {name: value for name, value in decoding.items() if value is not None}  # the rest: the model's
     predictions, metrics = [], {}
     if sets.captions is not None:
         predictions, metrics = evaluate_captions(
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         answers, answer_metrics = evaluate_answers(model, processor, sets.questions, batch_size=args.batch_size,
                                                    max_new_tokens=args.max_new_tokens, progress=True)
         metrics.update(answer_metrics)
-        metrics["answer_decoding"] = {**ANSWER_DECODING, "max_new_tokens": args.max_new_tokens}
+        metrics["answer_decoding"] = answer_decoding(model, args.max_new_tokens)
 
     # write
     output_dir = Path(args.output_dir)

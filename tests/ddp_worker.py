@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from minivlm.processing.collator import CaptionCollator
+from minivlm.processing.collator import ConversationCollator
 from minivlm.training.run import leave_process_group, parse_args, train
 
 
@@ -14,13 +14,13 @@ def main() -> None:
     record_dir, argv = sys.argv[1], sys.argv[2:]
     rank = int(os.environ["RANK"])
     seen: list[str] = []
-    collate = CaptionCollator.__call__
+    collate = ConversationCollator.__call__
 
     def recording_call(self, examples):
         seen.extend(str(example["id"]) for example in examples)
         return collate(self, examples)
 
-    CaptionCollator.__call__ = recording_call
+    ConversationCollator.__call__ = recording_call
     trainer = train(*parse_args(argv))
     digest = hashlib.sha256()
     for name, tensor in sorted(trainer.model.state_dict().items()):

@@ -24,7 +24,7 @@ import yaml
 from conftest import REPO_ROOT, WORDS, make_config, make_images, make_model, make_processor
 from PIL import Image
 
-from minivlm.app.boxes import GRID, Box, draw_boxes, parse_boxes
+from minivlm.app.boxes import GRID, Box, draw_reply_boxes, reply_boxes
 from minivlm.app.engine import ChatModel, Decoding, ImageError, Reply, load_image_file, template_has_generation_prompt
 from minivlm.processing.shapes import make_shapes_examples
 from minivlm.processing.tokenizer import build_word_level_tokenizer
@@ -65,18 +65,18 @@ def plain_generate(model, processor, image, prompt: str, max_new_tokens: int) ->
 
 
 # -- boxes ---------------------------------------------------------------------------------------
-def test_parse_boxes_reads_the_documented_format():
+def test_reply_boxes_reads_the_documented_format():
     text = "the red circle [100, 200, 300, 400] and a blue square [900,50,600,450]; noise [1, 2, 3] [0, 0, 1200, 5]"
-    boxes = parse_boxes(text)
+    boxes = reply_boxes(text)
     assert boxes == [Box(100, 200, 300, 400, "red circle"), Box(600, 50, 900, 450, "blue square")]
-    assert parse_boxes("a box [10, 20, 30, 40]") == [Box(10, 20, 30, 40, "box")]
-    assert parse_boxes("off the image [-10, 20, 30, 40]") == []
-    assert parse_boxes("no boxes here, [5, 5, 5, 9] has no area") == []
+    assert reply_boxes("a box [10, 20, 30, 40]") == [Box(10, 20, 30, 40, "box")]
+    assert reply_boxes("off the image [-10, 20, 30, 40]") == []
+    assert reply_boxes("no boxes here, [5, 5, 5, 9] has no area") == []
 
 
 def test_draw_boxes_outlines_the_box_on_an_enlarged_copy():
     image = Image.new("RGB", (32, 32), "white")
-    drawn = draw_boxes(image, [Box(250, 250, 750, 750, "")], min_side=320)
+    drawn = draw_reply_boxes(image, [Box(250, 250, 750, 750, "")], min_side=320)
     assert drawn.size == (320, 320) and image.size == (32, 32)
     left_edge = drawn.getpixel((80, 200))  # x = 250/1000 of 320, below the label
     assert left_edge != (255, 255, 255) and drawn.getpixel((160, 160)) == (255, 255, 255)

@@ -129,7 +129,7 @@ def test_the_page_drops_idle_sessions_and_refuses_big_uploads_at_the_server(monk
     import gradio as gr
 
     from minivlm.app import ui
-    from minivlm.app.engine import MAX_IMAGE_BYTES
+    from minivlm.app.engine import MAX_UPLOAD_BYTES
 
     model, processor = make_chat_parts()
     chat = ChatModel(model, processor, session_ttl_s=90)
@@ -142,7 +142,7 @@ def test_the_page_drops_idle_sessions_and_refuses_big_uploads_at_the_server(monk
     launched = {}
     monkeypatch.setattr(demo, "launch", lambda **kwargs: launched.update(kwargs))
     ui.launch(demo)
-    assert launched["max_file_size"] == MAX_IMAGE_BYTES
+    assert launched["max_file_size"] == MAX_UPLOAD_BYTES
 
 
 def _slow_chat(seconds_per_token: float, **kwargs):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_images
 
-from minivlm.processing.collator import CaptionCollator, ConversationCollator, caption_conversation
+from minivlm.processing.collator import ConversationCollator, caption_conversation
 
 
 def chat(image=None):
@@ -76,7 +76,7 @@ def test_loss_is_the_mean_over_the_assistant_tokens_of_every_turn(processor, mod
 
 
 def test_caption_and_conversation_rows_mix_in_one_batch(processor, tokenizer):
-    collator = CaptionCollator(processor, seed=0)
+    collator = ConversationCollator(processor, seed=0)
     images = make_images(2)
     batch = collator([{"image": images[0], "captions": ["a red circle"], "id": "x"},
                       {"messages": chat(), "images": [images[1]], "id": "c"}])
@@ -254,7 +254,7 @@ def _plain_ids(tokenizer, text: str) -> list[int]:
 def test_special_token_strings_in_a_caption_are_trained_as_plain_text(processor, tokenizer):
     # "<eos>" in a caption must not teach the model to stop mid-caption, nor "<image>" add image tokens.
     caption = "a cat <eos> sits <pad> on <bos> the <image> grass"
-    collator = CaptionCollator(processor, seed=0)
+    collator = ConversationCollator(processor, seed=0)
     batch = collator(examples_with_caption(caption))
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     n = processor.image_seq_length

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_images
 
-from minivlm.processing.collator import CaptionCollator, choose_caption
+from minivlm.processing.collator import ConversationCollator, choose_caption
 from minivlm.training.callbacks import CaptionEpochCallback
 
 
@@ -15,7 +15,7 @@ def examples(n=3, captions=None):
 
 
 def test_target_is_caption_then_eos_and_loss_covers_it_only(processor, tokenizer):
-    collator = CaptionCollator(processor, seed=0)
+    collator = ConversationCollator(processor, seed=0)
     batch = collator(examples(1, [["a red circle"]]))
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     caption = tokenizer("a red circle", add_special_tokens=False)["input_ids"]
@@ -25,7 +25,7 @@ def test_target_is_caption_then_eos_and_loss_covers_it_only(processor, tokenizer
 
 
 def test_prompt_is_tokenised_as_at_inference_and_masked(processor, tokenizer):
-    collator = CaptionCollator(processor, prompt="this image shows")
+    collator = ConversationCollator(processor, prompt="this image shows")
     batch = collator(examples(1, [["a dog"]]))
     inference_ids = processor(images=make_images(1), text="this image shows")["input_ids"][0].tolist()
     n = len(inference_ids)
@@ -37,7 +37,7 @@ def test_prompt_is_tokenised_as_at_inference_and_masked(processor, tokenizer):
 
 
 def test_batches_are_padded_to_their_longest_sequence(processor, tokenizer):
-    collator = CaptionCollator(processor)
+    collator = ConversationCollator(processor)
     batch = collator(examples(2, [["a"], ["a red circle on the left"]]))
     assert batch["input_ids"].shape == (2, 17 + 6 + 1)
     assert batch["attention_mask"][0].tolist() == [1] * 19 + [0] * 5
@@ -46,7 +46,7 @@ def test_batches_are_padded_to_their_longest_sequence(processor, tokenizer):
 
 
 def test_overlong_captions_are_truncated_with_eos_kept(processor, tokenizer):
-    collator = CaptionCollator(processor, max_caption_tokens=4)
+    collator = ConversationCollator(processor, max_caption_tokens=4)
     batch = collator(examples(1, [["a red circle on the left of the square"]]))
     target = batch["labels"][0, 17:].tolist()
     assert len(target) == 4
@@ -64,7 +64,7 @@ def test_reference_choice_is_seeded_and_changes_with_the_epoch():
 
 
 def test_epoch_callback_moves_the_collator_to_the_current_epoch(processor):
-    collator = CaptionCollator(processor)
+    collator = ConversationCollator(processor)
     callback = CaptionEpochCallback(collator)
 
     class State:
@@ -83,11 +83,11 @@ def test_epoch_callback_moves_the_collator_to_the_current_epoch(processor):
 def test_tokenizer_without_eos_is_rejected(processor):
     processor.tokenizer.eos_token = None
     with pytest.raises(ValueError, match="no EOS token"):
-        CaptionCollator(processor)
+        ConversationCollator(processor)
 
 
 def test_loss_from_the_kept_window_equals_the_full_loss(processor, model):
-    batch = CaptionCollator(processor, prompt="this")(examples(3, [["a"], ["a red circle on the left"], ["the dog"]]))
+    batch = ConversationCollator(processor, prompt="this")(examples(3, [["a"], ["a red circle on the left"], ["the dog"]]))
     n = batch["logits_to_keep"]
     assert n == batch["input_ids"].shape[1] - 18 + 1  # from the last context token (17 image + 1 prompt) on
     windowed = model(**batch)
@@ -100,7 +100,7 @@ def test_loss_from_the_kept_window_equals_the_full_loss(processor, model):
 def test_length_column_is_the_collated_length_and_reads_no_image(processor):
     from datasets import Dataset, Features, Image, Sequence, Value
 
-    collator = CaptionCollator(processor, prompt="this image shows", max_caption_tokens=6)
+    collator = ConversationCollator(processor, prompt="this image shows", max_caption_tokens=6)
     one = collator([{"image": make_images(1)[0], "captions": ["a red circle"], "id": "x"}])
     assert collator.sequence_length(["a red circle"]) == one["input_ids"].shape[1]
     # Several references: their mean, since each epoch draws one; truncation counts.

@@ -23,11 +23,11 @@ from conftest import REPO_ROOT, make_config, make_images, make_model, make_proce
 from minivlm.processing.grounding import parse_boxes
 from minivlm.evaluation.boxes import box_metrics
 from minivlm.evaluation.vqa import vqa_accuracy
-from minivlm.processing.collator import CaptionCollator
+from minivlm.processing.collator import ConversationCollator
 from minivlm.evaluation.metrics import compute_caption_metrics
 from minivlm.processing.shapes import generate_shapes_dataset, shapes_accuracy
 from minivlm.evaluation.captioning import evaluate_captions, generate_captions
-from minivlm.training.callbacks import CaptionEvalCallback
+from minivlm.training.callbacks import ValidationScoresCallback
 from minivlm.evaluation.plots import patch_feature_norms, plot_caption_grid, plot_loss_curve, plot_patch_heatmap
 from minivlm.training.trainer import MiniVLMTrainer
 
@@ -267,7 +267,7 @@ def _trainer(tmp_path, callback, data, **overrides):
     trainer = MiniVLMTrainer(
         model=make_model(config), args=TrainingArguments(**kwargs), train_dataset=data,
         eval_dataset=data if kwargs.get("eval_strategy", "no") != "no" else None,
-        data_collator=CaptionCollator(processor), callbacks=[callback],
+        data_collator=ConversationCollator(processor), callbacks=[callback],
     )
     return trainer
 
@@ -275,7 +275,7 @@ def _trainer(tmp_path, callback, data, **overrides):
 def test_caption_eval_callback_keeps_best_checkpoint_by_cider(tmp_path):
     data = caption_dataset(8)
     trainer = _trainer(
-        tmp_path, lambda p: CaptionEvalCallback(p, data, max_samples=8, decoding={"max_new_tokens": 6}), data,
+        tmp_path, lambda p: ValidationScoresCallback(p, data, max_samples=8, decoding={"max_new_tokens": 6}), data,
         eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
         metric_for_best_model="eval_cider", greater_is_better=True, load_best_model_at_end=True,
     )
@@ -296,13 +296,13 @@ def test_caption_eval_callback_keeps_best_checkpoint_by_cider(tmp_path):
 def test_caption_eval_callback_every_n_steps_logs_without_trainer_evaluation(tmp_path):
     data = caption_dataset(8)
     trainer = _trainer(
-        tmp_path, lambda p: CaptionEvalCallback(p, data, max_samples=3, every_n_steps=2, decoding={"max_new_tokens": 4}),
+        tmp_path, lambda p: ValidationScoresCallback(p, data, max_samples=3, every_n_steps=2, decoding={"max_new_tokens": 4}),
         data, eval_strategy="no", save_strategy="no",
     )
     trainer.train()
     logged = [e for e in trainer.state.log_history if "eval_cider" in e]
     assert [e["step"] for e in logged] == [2, 4]
-    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, CaptionEvalCallback))
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ValidationScoresCallback))
     assert len(callback.last_predictions) == 3
 
 
@@ -353,7 +353,7 @@ def test_eval_callback_adds_answer_and_box_scores_when_given_questions():
         "[1000, 1000, 500, 500]",                       # the target with its corners swapped: IoU 1
         "no box",                                       # IoU 0
     ])
-    callback = CaptionEvalCallback(processor, captions, questions=questions, decoding={"max_new_tokens": 8})
+    callback = ValidationScoresCallback(processor, captions, questions=questions, decoding={"max_new_tokens": 8})
     scores = callback.compute(scripted)
     assert scripted.captions == []  # two captions and six answers were asked for, in that order
     assert scores["vqa_accuracy"] == pytest.approx(2 / 3)

@@ -80,7 +80,7 @@ def test_a_later_turn_is_answered_exactly_as_its_hand_written_chat_prompt(model,
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=[images[0]], text=[prompt], return_tensors="pt")
     with torch.inference_mode():
-        ids = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+        ids = model.generate(**inputs, max_new_tokens=model.generation_config.max_new_tokens, do_sample=False)
     expected = processor.post_process_image_text_to_text(ids[:, inputs["input_ids"].shape[1]:])[0]
     assert records[1]["prediction"] == expected
     assert records[1]["question"] == "and the square?" and records[1]["answers"] == ["blue"]

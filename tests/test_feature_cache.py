@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_config, make_model, make_processor
 
-from minivlm.processing.collator import CaptionCollator
+from minivlm.processing.collator import ConversationCollator
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features, vision_features_fingerprint
 from minivlm.processing.shapes import make_shapes_examples
 
@@ -67,7 +67,7 @@ def test_cached_training_loss_and_projector_grads_equal_pixel_training(tokenizer
     dataset = shapes_dataset(4)
     cached = cache_vision_features(model, processor, dataset, cache_dir=tmp_path)
 
-    pixel_collator = CaptionCollator(processor, prompt="this image shows", seed=7, epoch=1)
+    pixel_collator = ConversationCollator(processor, prompt="this image shows", seed=7, epoch=1)
     feature_collator = FeatureCaptionCollator(processor, prompt="this image shows", seed=7, epoch=1)
     pixel_batch = pixel_collator([dataset[i] for i in range(4)])
     feature_batch = feature_collator([cached[i] for i in range(4)])

@@ -4,7 +4,9 @@ checked against values computed by hand."""
 import pytest
 from PIL import Image
 
-from minivlm.processing.grounding import box_to_grid, draw_boxes, format_box, grid_to_pixels, parse_boxes
+from minivlm.processing.grounding import (
+    box_to_grid, draw_boxes, format_box, grid_to_pixels, parse_boxes, parse_labelled_boxes,
+)
 from minivlm.processing.shapes import BOX_STEP, make_shapes_examples, score_caption, shapes_conversation
 from minivlm.evaluation.boxes import box_iou, box_metrics
 from minivlm.evaluation.vqa import normalize_answer, vqa_accuracy, vqa_score
@@ -28,6 +30,25 @@ def test_drawn_box_outlines_the_right_pixels():
     assert drawn.getpixel((10, 25)) == (255, 0, 0)  # left edge: x = 100/1000 * 100
     assert drawn.getpixel((30, 25)) == (255, 255, 255)  # inside stays
     assert image.getpixel((10, 25)) == (255, 255, 255)  # the original is untouched
+
+
+def test_boxes_are_named_by_the_words_of_their_clause():
+    text = "the red circle [1, 2, 3, 4]. It is big; a blue square at [900, 0, 10, 5] and [0, 0, 1200, 5]"
+    assert parse_labelled_boxes(text) == [
+        ((1, 2, 3, 4), "red circle"),  # leading stopwords dropped
+        ((900, 0, 10, 5), "blue square at"),  # only the clause after ";" counts; boxes come as written
+        ((0, 0, 1200, 5), ""),  # "and" alone names nothing; off-grid boxes are listed, not checked
+    ]
+    assert parse_boxes(text) == [box for box, _ in parse_labelled_boxes(text)]
+
+
+def test_drawing_enlarges_small_images_and_tags_only_when_labelled():
+    image = Image.new("RGB", (30, 20), "white")
+    plain = draw_boxes(image, [(0, 500, 1000, 1000)], colours="blue", width=1)
+    assert plain.size == (30, 20) and plain.getpixel((15, 5)) == (255, 255, 255)  # no tag above the box
+    big = draw_boxes(image, [(0, 500, 1000, 1000)], labels=[""], colours="blue", width=1, min_side=50)
+    assert big.size == (90, 60)  # 20 px -> 3 x 20 = 60 >= 50, aspect kept
+    assert big.getpixel((2, 29)) == (0, 0, 255)  # the tag ("box 1") sits on the box's top edge, in its colour
 
 
 def test_shapes_questions_follow_from_the_objects():
@@ -167,7 +188,7 @@ def test_grid_rounding_to_the_nearest_step_and_the_1000_edge():
 
 
 def test_the_1000_edge_is_a_box_and_1001_is_not():
-    from minivlm.app.boxes import parse_boxes as page_boxes
+    from minivlm.app.boxes import reply_boxes as page_boxes
 
     assert parse_boxes("at [0, 0, 1000, 1000]") == [(0, 0, 1000, 1000)]
     assert [(b.x1, b.y1, b.x2, b.y2) for b in page_boxes("the circle [0, 0, 1000, 1000]")] == [(0, 0, 1000, 1000)]

@@ -3,8 +3,8 @@
 - `CaptionEpochCallback`: tells the collator which epoch is under way, so each epoch draws its own
   reference caption per image (also when a run resumes mid-epoch).
 - `GracefulStopCallback`: Ctrl+C / SIGTERM finish the current step, save a checkpoint and stop.
-- `CaptionEvalCallback`: caption metrics (BLEU, ROUGE-L, CIDEr, shapes accuracy), answer and box
-  scores during training, for an evaluation split of any training format, merged into the Trainer's
+- `ValidationScoresCallback` (formerly `CaptionEvalCallback`): caption metrics (BLEU, ROUGE-L, CIDEr,
+  shapes accuracy), answer and box scores during training, for an evaluation split of any training format, merged into the Trainer's
   evaluation metrics (``metric_for_best_model="eval_cider"``).
 - `TrainingTimeCallback`: the training time of the whole run, every resumed segment added up; it
   travels in each checkpoint's ``trainer_state.json`` and ends in the output folder's.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+import warnings
 from typing import Any
 
 import datasets
@@ -22,12 +23,12 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from minivlm.processing.collator import CaptionCollator
+from minivlm.processing.collator import ConversationCollator
 from minivlm.evaluation.captioning import SCORE_KEYS, evaluate_captions
 from minivlm.evaluation.tasks import evaluation_sets
 
 
-__all__ = ["CaptionEpochCallback", "CaptionEvalCallback", "GracefulStopCallback", "TrainingTimeCallback"]
+__all__ = ["CaptionEpochCallback", "ValidationScoresCallback", "GracefulStopCallback", "TrainingTimeCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class GracefulStopCallback(TrainerCallback):
         self._previous.clear()
 
 
-class CaptionEvalCallback(TrainerCallback):
+class ValidationScoresCallback(TrainerCallback):
     """Caption, answer and box scores during training, on a small validation subset, merged into the
     Trainer's evaluation.
 
@@ -119,7 +120,8 @@ class CaptionEvalCallback(TrainerCallback):
 
     Attributes:
         dataset: the captions set (None when the split has no captions); ``questions``: the questions
-        set (or None); ``last_predictions`` / ``last_answers``: the latest evaluation's records.
+        set (or None); ``last_predictions`` / ``last_answers``: the latest evaluation's records;
+        ``last_decoding`` / ``last_answer_decoding``: how it decoded captions / answers.
     """
 
     def __init__(
@@ -155,6 +157,9 @@ class CaptionEvalCallback(TrainerCallback):
         self.questions = sets.questions
         self.last_predictions: list[dict[str, Any]] = []
         self.last_answers: list[dict[str, Any]] = []
+        # How the latest evaluation decoded (the model's generation_config under `decoding`), for the card.
+        self.last_decoding: dict[str, Any] = {}
+        self.last_answer_decoding: dict[str, Any] = {}
         self._step_scores: tuple[int, dict[str, float]] | None = None  # from on_step_end, for on_evaluate
 
     @property
@@ -181,13 +186,15 @@ class CaptionEvalCallback(TrainerCallback):
                 prompt=self.prompt, meteor=self.meteor, progress=False,
             )
             self.last_predictions = predictions
+            self.last_decoding = metrics["decoding"]
             # A None (METEOR off) would break the Trainer's best-metric comparison: leave it out.
             scores = {k: float(metrics[k]) for k in (*SCORE_KEYS, "shapes_accuracy") if metrics.get(k) is not None}
         if self.questions is not None:
-            from minivlm.evaluation.answering import QUESTION_SCORE_KEYS, evaluate_answers
+            from minivlm.evaluation.answering import QUESTION_SCORE_KEYS, answer_decoding, evaluate_answers
 
             self.last_answers, answer_metrics = evaluate_answers(model, self.processor, self.questions,
                                                                  batch_size=self.batch_size)
+            self.last_answer_decoding = answer_decoding(model)
             scores.update({k: float(answer_metrics[k]) for k in QUESTION_SCORE_KEYS if k in answer_metrics})
         return scores
 
@@ -195,7 +202,7 @@ class CaptionEvalCallback(TrainerCallback):
     def _log(state, prefix: str, scores: dict[str, float]) -> dict[str, float]:
         logs = {f"{prefix}_{k}": v for k, v in scores.items()}
         state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
-        logger.info("Caption metrics at step %d: %s", state.global_step,
+        logger.info("Validation scores at step %d: %s", state.global_step,
                     ", ".join(f"{k}={v:.4f}" for k, v in logs.items()))
         return logs
 
@@ -268,3 +275,12 @@ class TrainingTimeCallback(TrainerCallback, ExportableState):
             self.previous_seconds, self.previous_segments = self.seconds, self.segments
         self._started = None
         state.stateful_callbacks[type(self).__name__] = self.state()
+
+
+def __getattr__(name: str):
+    # The callback's name from when it scored captions only; deprecated for one release.
+    if name == "CaptionEvalCallback":
+        warnings.warn("CaptionEvalCallback was renamed ValidationScoresCallback (it scores captions, answers and "
+                      "boxes); the old name will be removed in the next release.", FutureWarning, stacklevel=2)
+        return ValidationScoresCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,7 +36,7 @@ import datasets
 import numpy as np
 import torch
 
-from minivlm.processing.collator import CaptionCollator
+from minivlm.processing.collator import ConversationCollator
 from minivlm.processing_minivlm import MiniVLMProcessor, to_rgb
 
 
@@ -110,7 +110,7 @@ def cache_vision_features(
         model: a `MiniVLMForConditionalGeneration`; its encoder runs in eval and inference mode on
             the model's device and dtype (its train/eval state is restored afterwards).
         processor: the model's processor; its image processor prepares the images exactly as
-            `CaptionCollator` does, so cached and pixel training see the same features.
+            `ConversationCollator` does, so cached and pixel training see the same features.
         dataset: the uniform view (`image`, `captions`, `id`; other columns are kept).
         batch_size: images encoded per forward pass (and rows per Arrow write, which bounds RAM).
         cache_dir: folder of the Arrow files; default `$HF_DATASETS_CACHE/minivlm_vision_features`.
@@ -187,12 +187,12 @@ def _as_tensor(value: Any) -> torch.Tensor:
 
 
 @dataclass
-class FeatureCaptionCollator(CaptionCollator):
-    """[`CaptionCollator`] for a feature-cached dataset: `vision_features` instead of `pixel_values`.
+class FeatureCaptionCollator(ConversationCollator):
+    """[`ConversationCollator`] for a feature-cached dataset: `vision_features` instead of `pixel_values`.
 
     Takes examples `{"vision_features", "captions", "id"}` (rows of [`cache_vision_features`]'s
     dataset) and returns `input_ids`, `attention_mask`, `labels` `(batch, seq)` built by the same
-    caption choice, tokenisation and padding rules as `CaptionCollator` (same `prompt`, `seed`,
+    caption choice, tokenisation and padding rules as `ConversationCollator` (same `prompt`, `seed`,
     `epoch`, `max_caption_tokens`, so the two give identical text for the same examples), and
     `vision_features` `(batch, image_seq_length, dim)` in their stored dtype. Works with
     [`CaptionEpochCallback`] like its parent.
@@ -203,7 +203,7 @@ class FeatureCaptionCollator(CaptionCollator):
         if missing:
             raise ValueError(
                 f"examples {missing[:5]} have no 'vision_features'; build the dataset with "
-                "minivlm.training.feature_cache.cache_vision_features, or use CaptionCollator for images."
+                "minivlm.training.feature_cache.cache_vision_features, or use ConversationCollator for images."
             )
         vision_features = torch.stack([_as_tensor(example["vision_features"]) for example in examples])
         return {**self.text_batch(examples), "vision_features": vision_features}

@@ -31,6 +31,7 @@ from typing import Any, Iterator
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from minivlm.image_loading import short
+from minivlm.processing_minivlm import IMAGE_TOKEN
 
 from .presets import PRESETS
 from .trainer import EXIT_STOPPED
@@ -40,7 +41,6 @@ logger = logging.getLogger("minivlm.train")
 
 LOCK_NAME = "_minivlm_run.lock"  # "_*" files are never pushed by the Trainer
 RECORD_NAME = "_minivlm_run.json"
-IMAGE_TOKEN = "<image>"
 CLI_EPILOG = (
     f"Exit status: 0 when training finished; {EXIT_STOPPED} when SIGINT/SIGTERM stopped it after saving a "
     "checkpoint (run the same command to resume; schedulers can requeue on it); 1 on an error."

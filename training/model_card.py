@@ -23,6 +23,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from minivlm.processing.builder import HUB_ID
+
 
 logger = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).with_name("model_card.md")  # a link to the repository's model_card.md, shipped in the wheel
@@ -39,7 +41,6 @@ TASK_ALIASES = {
     "box": "boxes", "grounding": "boxes", "detection": "boxes", "object-detection": "boxes",
 }
 CAPTION_METRICS = ["bleu", "meteor", "rouge", "cider"]
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _RESERVED = ("dataset", "split", "decoding", "metrics", "num_examples")
 
 
@@ -121,7 +122,7 @@ def _dataset_id(dataset: str) -> tuple[str, str]:
 
 
 def _is_hub_dataset(dataset: str) -> bool:
-    return bool(_HUB_ID.fullmatch(dataset)) and not Path(dataset).exists()
+    return bool(HUB_ID.fullmatch(dataset)) and not Path(dataset).exists()
 
 
 def eval_results(results: dict[str, dict[str, Any]]) -> list[EvalResult]:

@@ -20,15 +20,15 @@ from transformers import AutoProcessor, HfArgumentParser, TrainerState, set_seed
 
 from minivlm import MiniVLMForConditionalGeneration
 from minivlm import MiniVLMProcessor
-from minivlm.processing.collator import CaptionCollator, PreprocessedDataset, preprocessed_size
+from minivlm.processing.collator import ConversationCollator, PreprocessedDataset, preprocessed_size
 from minivlm.processing.conversations import training_texts
 from minivlm.processing.shapes import shapes_texts
 from minivlm.processing.loading import TrainingData, caption_column_argument, format_help, load_training_data
 from minivlm.training.feature_cache import FeatureCaptionCollator, cache_vision_features
 from minivlm.processing.tokenizer import build_word_level_tokenizer
 
-from minivlm.evaluation.answering import ANSWER_DECODING, QUESTION_SCORE_KEYS, load_questions
-from minivlm.evaluation.captioning import DEFAULT_DECODING, SCORE_KEYS
+from minivlm.evaluation.answering import QUESTION_SCORE_KEYS, load_questions
+from minivlm.evaluation.captioning import SCORE_KEYS
 from minivlm.evaluation.tasks import data_tasks, scores_by_task
 from .lora import (
     apply_lora_from_args, check_lora_arguments, is_adapter_folder, load_merged_adapter_folder, merge_into_trainer,
@@ -36,7 +36,7 @@ from .lora import (
 from .model_card import answer_examples, card_examples, write_model_card
 from . import guards
 from .presets import PRESETS
-from .callbacks import CaptionEpochCallback, CaptionEvalCallback, GracefulStopCallback, TrainingTimeCallback
+from .callbacks import CaptionEpochCallback, ValidationScoresCallback, GracefulStopCallback, TrainingTimeCallback
 from .trainer import EXIT_STOPPED, MiniVLMTrainer, last_complete_checkpoint
 from .trainer import MiniVLMTrainingArguments as TrainingArguments
 
@@ -300,7 +300,7 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
     logger.info("MiniVLM: %s parameters, %s trainable (freeze=%s)",
                 f"{model.num_parameters():,}", f"{trainable:,}", model_args.freeze)
 
-    collator_class = CaptionCollator
+    collator_class = ConversationCollator
     if model_args.cache_vision_features:
         if model_args.freeze == "none":
             raise ValueError("--cache_vision_features needs a frozen encoder; use --freeze vision or projector-only.")
@@ -340,7 +340,7 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
     extra_callbacks = list(callbacks or [])
     caption_eval = None
     if data_args.caption_eval_samples > 0 and eval_dataset is not None:
-        caption_eval = CaptionEvalCallback(
+        caption_eval = ValidationScoresCallback(
             processor, eval_dataset, max_samples=data_args.caption_eval_samples, prompt=data_args.prompt,
             batch_size=training_args.per_device_eval_batch_size,
             questions=_eval_questions(data, data_args.eval_split, data_args.caption_eval_samples),
@@ -423,7 +423,7 @@ def _formats(data_args: DataArguments, train_dataset) -> list[str]:
     return list(dict.fromkeys(named))
 
 
-def _check_best_metric(metric: str | None, caption_eval: CaptionEvalCallback) -> None:
+def _check_best_metric(metric: str | None, caption_eval: ValidationScoresCallback) -> None:
     """Stops before training when --metric_for_best_model names a score the evaluation split cannot give
     (eval_cider on a split without captions): the Trainer would fail at its first evaluation."""
     if not metric:
@@ -436,15 +436,15 @@ def _check_best_metric(metric: str | None, caption_eval: CaptionEvalCallback) ->
                          "and eval_loss). Pick one of those, or an evaluation split that has what you want to score.")
 
 
-def _results_by_task(scores: dict[str, float], caption_eval: CaptionEvalCallback, data_args: DataArguments) -> dict:
+def _results_by_task(scores: dict[str, float], caption_eval: ValidationScoresCallback, data_args: DataArguments) -> dict:
     """The final scores as the card lists them: per task, with the split, the decoding and the number of examples."""
     results = {}
     for task, metrics in scores_by_task(scores).items():
         if task == "captions":
-            decoding = {**DEFAULT_DECODING, **caption_eval.decoding, "prompt": data_args.prompt}
+            decoding = {**caption_eval.last_decoding, "prompt": data_args.prompt}
             count = len(caption_eval.dataset)
         else:
-            decoding, count = dict(ANSWER_DECODING), len(caption_eval.questions)
+            decoding, count = dict(caption_eval.last_answer_decoding), len(caption_eval.questions)
         results[task] = {"metrics": metrics, "split": data_args.eval_split, "decoding": decoding, "num_examples": count}
     return results
 
