@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[{time.perf_counter() - start:5.1f}s] shapes set ready in {data_dir} ({len(test)} held-out images)")
 
     set_seed(demo.seed)
-    untrained, untrained_processor = build_model(model_args, load_data(data_args, demo.seed)[0], data_args)
+    untrained, untrained_processor = build_model(model_args, load_data(data_args, demo.seed).train, data_args)
     before = generate_captions(untrained, untrained_processor, samples, max_new_tokens=DEMO_MAX_NEW_TOKENS, progress=False)
 
     states, train_seconds = [], 0.0

@@ -148,6 +148,18 @@ def saved_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def onnx_export_dir(saved_model_dir, tmp_path_factory) -> Path:
+    """`minivlm-export` of `saved_model_dir`, written once per session (read it, do not change it)."""
+    pytest.importorskip("onnxscript", reason='the export extra is not installed: pip install -e ".[export]"')
+    pytest.importorskip("onnxruntime", reason='the export extra is not installed: pip install -e ".[export]"')
+    from minivlm.scripts.export import main as export_main
+
+    output = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
+    export_main([str(saved_model_dir), str(output)])  # `minivlm-export MODEL_DIR OUTPUT_DIR`
+    return output
+
+
 def write_vqa_imagefolder(root: Path, splits: dict[str, int], seed: int = 0) -> Path:
     """A local VQA imagefolder, no captions: ``{split}/metadata.jsonl`` rows ``file_name``, ``question``,
     ``answer`` (words of `WORDS`), beside PNG noise images of assorted sizes."""

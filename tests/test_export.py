@@ -19,10 +19,8 @@ from minivlm.scripts.export import main as export_main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def exported(saved_model_dir, tmp_path_factory):
-    output = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
-    export_main([str(saved_model_dir), str(output)])
-    return output
+def exported(onnx_export_dir):
+    return onnx_export_dir  # one export per session, shared with the README's snippet test
 
 
 def test_onnx_greedy_tokens_equal_generate(exported, saved_model_dir):

@@ -222,12 +222,9 @@ def test_task_helpers_snippet(workdir, capsys):
     assert parse_boxes(example["text"]) == [obj["box"]] and example["dropped"] == 0
 
 
-def test_onnx_runner_snippet(workdir, saved_model_dir):
-    pytest.importorskip("onnxscript", reason='the export extra is not installed: pip install -e ".[export]"')
-    pytest.importorskip("onnxruntime", reason='the export extra is not installed: pip install -e ".[export]"')
-    from minivlm.scripts.export import main as export_main
-
-    export_main([str(saved_model_dir), str(workdir / "minivlm-onnx")])  # `minivlm-export MODEL_DIR OUTPUT_DIR`
+def test_onnx_runner_snippet(workdir, saved_model_dir, onnx_export_dir):
+    # The folder `minivlm-export MODEL_DIR minivlm-onnx` writes (tests/test_export.py tests the command).
+    shutil.copytree(onnx_export_dir, workdir / "minivlm-onnx")
     namespace, results = run_snippet("Export and quantization #1")
     tokens, inputs = namespace["tokens"], namespace["inputs"]
     # "(1, prompt + new) ids, = generate(do_sample=False)"
