@@ -115,7 +115,7 @@ def test_demo_steps_report_speedups_and_roofline_shares_from_the_runs(monkeypatc
 
     timings = {("shapes-tiny", False, ()): 100.0, ("shapes-tiny", True, ()): 50.0,
                ("shapes-instruct", False, ("--freeze", "none")): 200.0,
-               ("shapes-instruct", True, ("--freeze", "none")): 160.0, ("shapes-instruct", True, ()): 80.0}
+               ("shapes-instruct", True, ("--freeze", "none")): 160.0, ("shapes-instruct", True, ("--freeze", "vision")): 80.0}
     seen = []
 
     def fake(preset, preprocess, shapes_dir, steps, warmup, seed, num_train, extra=()):
