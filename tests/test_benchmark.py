@@ -122,8 +122,9 @@ def test_demo_steps_report_speedups_and_roofline_shares_from_the_runs(monkeypatc
         seen.append((preset, extra))
         start = extra.index("--model_name_or_path") + 2 if "--model_name_or_path" in extra else 0
         ms = timings[(preset, preprocess, tuple(extra[start:]))]
+        flops = 3.0 if "vision" in extra else 5.0  # a frozen encoder's step does less
         return {"stage": preset, "preprocessed": preprocess, "batch_size": 32, "step_ms": ms,
-                "samples_per_s": 32 / (ms / 1e3), "gflop_per_step": 5.0, "gflops": 5.0 / (ms / 1e3)}
+                "samples_per_s": 32 / (ms / 1e3), "gflop_per_step": flops, "gflops": flops / (ms / 1e3)}
 
     monkeypatch.setattr(demo_steps, "time_stage", fake)
     monkeypatch.setattr(demo_steps, "_captioner", lambda *a: str(tmp_path / "captioner"))
@@ -137,3 +138,11 @@ def test_demo_steps_report_speedups_and_roofline_shares_from_the_runs(monkeypatc
     assert "50.0%" in demo_steps.format_demo_steps(results)
     # The second stage always starts from the captioner, the first never does.
     assert all(("--model_name_or_path" in extra) == (preset == "shapes-instruct") for preset, extra in seen)
+    # With 2 processes: the data-parallel row runs the preset's arguments, so it has their FLOPs.
+    monkeypatch.setattr(demo_steps, "time_stage_data_parallel", lambda preset, *a, **k: {
+        "stage": preset, "preprocessed": True, "workers": 2, "batch_size": 32, "step_ms": 40.0,
+        "samples_per_s": 800.0})
+    results = demo_steps.run_demo_steps(steps=2, warmup=0, workers=2)
+    parallel = [r for r in results["runs"] if r.get("workers") == 2]
+    assert [r["gflop_per_step"] for r in parallel] == [5.0, 5.0]
+    assert parallel[1]["speedup"] == pytest.approx(800.0 / 160.0)  # against the 200 ms per-batch row
