@@ -25,6 +25,7 @@ import datasets
 import torch
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from minivlm.grounding_minivlm import parse_boxes
 from minivlm.processing_minivlm import MiniVLMProcessor, to_rgb
 
 
@@ -97,6 +98,12 @@ def _content_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
 
 
+def _is_grounding(replies: list[dict[str, Any]]) -> bool:
+    """Whether a turn's reply is a box (or several) and nothing else: `[x1, y1, x2, y2]` on the grid."""
+    text = " ".join(part.get("text") or "" for reply in replies for part in _content_parts(reply)).strip()
+    return text.startswith("[") and text.endswith("]") and bool(parse_boxes(text))
+
+
 def count_image_parts(messages: list[dict[str, Any]]) -> int:
     """How many `{"type": "image"}` parts the messages hold."""
     return sum(part.get("type") == "image" for message in messages for part in _content_parts(message))
@@ -127,6 +134,10 @@ class ConversationCollator:
         max_caption_tokens: length cap of each assistant turn (a caption, an answer), EOS included.
         seed: picks the reference caption of each image, with the epoch set by
             `minivlm.training.callbacks.CaptionEpochCallback`.
+        multi_turn_fraction: of the rows with an image's caption and questions, the share trained each
+            epoch as one chat (`as_multi_turn`) instead of packed single turns.
+        grounding_repeats: extra copies of each grounding turn (a reply that is a box) in a packed row;
+            each copy is a segment of its own, so the box weighs `1 + grounding_repeats` times in the loss.
     """
 
     processor: MiniVLMProcessor
@@ -135,12 +146,15 @@ class ConversationCollator:
     seed: int = 42
     epoch: int = 0
     multi_turn_fraction: float = 0.0
+    grounding_repeats: int = 0
     _context_ids: list[int] | None = field(default=None, init=False, repr=False)
     _encoded: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         if not 0.0 <= self.multi_turn_fraction <= 1.0:  # NaN too
             raise ValueError(f"multi_turn_fraction is a share of the rows, between 0 and 1; got {self.multi_turn_fraction}.")
+        if isinstance(self.grounding_repeats, bool) or not isinstance(self.grounding_repeats, int) or self.grounding_repeats < 0:
+            raise ValueError(f"grounding_repeats is a whole number of extra copies, 0 or more; got {self.grounding_repeats!r}.")
         if self.max_caption_tokens < 2:
             raise ValueError(f"max_caption_tokens must be at least 2 (a token and EOS), got {self.max_caption_tokens}.")
         if self.processor.tokenizer.eos_token_id is None:
@@ -271,9 +285,15 @@ class ConversationCollator:
         """
         caption = choose_caption(example["captions"], self.seed, self.epoch, str(example["id"]))
         conversations = [caption_conversation(caption, self.prompt)]
+        grounding = []
         for user, *rest in _turns(example["messages"]):
             parts = [part for part in _content_parts(user) if part.get("type") != "image"]
             conversations.append([{"role": user["role"], "content": [{"type": "image"}, *parts]}, *rest])
+            if self.grounding_repeats and _is_grounding(rest):
+                grounding.append(conversations[-1])
+        # Each copy is a segment of its own (it sees the image and itself): the same logits again, so its
+        # answer weighs (1 + grounding_repeats) times in the loss.
+        conversations += grounding * self.grounding_repeats
         ids, labels = self.encode(conversations[0])
         image_id = self.processor.image_token_id
         prefix = max(i for i, token in enumerate(ids) if token == image_id) + 1

@@ -303,3 +303,53 @@ def test_template_tokens_and_a_raw_prompt_stay_tokens(processor, tokenizer):
 
 def examples_with_caption(caption):
     return [{"image": make_images(1)[0], "captions": [caption], "id": "img0"}]
+
+
+def _box_chat():
+    return [*chat(), {"role": "user", "content": [{"type": "text", "text": "locate the circle"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "[120, 40, 560, 480]"}]},
+            {"role": "user", "content": [{"type": "text", "text": "is there a circle"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "[no]"}]}]  # brackets, but no box
+
+
+def test_grounding_repeats_weigh_each_box_answer_that_many_times_more_in_the_loss(processor, model):
+    row = {"captions": ["a red circle"], "messages": _box_chat(), "images": make_images(1), "id": "g"}
+    once = ConversationCollator(processor)([row])
+    twice = ConversationCollator(processor, grounding_repeats=1)([row])
+    thrice = ConversationCollator(processor, grounding_repeats=2)([row])
+    # The box turn's tokens (its segment after the image) are appended once / twice more, nothing else.
+    n = processor.image_seq_length
+    box_turn = ConversationCollator(processor).encode(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "locate the circle"}]},
+         _box_chat()[5]])[0][n:]
+    assert twice["input_ids"][0].tolist() == once["input_ids"][0].tolist() + box_turn
+    assert thrice["input_ids"][0].tolist() == once["input_ids"][0].tolist() + box_turn * 2
+    # Where the original box turn sits: before the last ("[no]") turn.
+    last_turn = ConversationCollator(processor).encode(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "is there a circle"}]},
+         _box_chat()[7]])[0][n:]
+    start = once["input_ids"].shape[1] - len(box_turn) - len(last_turn)
+    assert once["input_ids"][0, start:start + len(box_turn)].tolist() == box_turn
+    # Each copy sees the image and itself: its logits are those of the original turn.
+    model.eval()
+    with torch.no_grad():
+        logits_once = model(**{k: v for k, v in once.items() if k != "logits_to_keep"}).logits[0]
+        logits_twice = model(**{k: v for k, v in twice.items() if k != "logits_to_keep"}).logits[0]
+        torch.testing.assert_close(logits_twice[-len(box_turn):], logits_once[start:start + len(box_turn)])
+        loss_twice = model(**twice).loss
+    # The loss, by hand from the single-copy row: the box's target tokens count twice.
+    labels = once["labels"][0]
+    token_loss = torch.nn.functional.cross_entropy(logits_once[:-1], labels[1:], ignore_index=-100, reduction="none")
+    weights = (labels[1:] != -100).float()
+    weights[start - 1:start - 1 + len(box_turn)] *= 2  # predictions of the box turn's tokens
+    expected = (token_loss * weights).sum() / weights.sum()
+    torch.testing.assert_close(loss_twice, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_grounding_repeats_leave_chats_and_other_rows_alone_and_refuse_bad_counts(processor):
+    collator = ConversationCollator(processor, grounding_repeats=3)
+    chat_row = {"messages": _box_chat(), "images": make_images(1), "id": "c"}  # no captions: one chat, as is
+    assert collator([chat_row])["input_ids"].tolist() == ConversationCollator(processor)([chat_row])["input_ids"].tolist()
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="grounding_repeats"):
+            ConversationCollator(processor, grounding_repeats=bad)

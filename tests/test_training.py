@@ -445,3 +445,17 @@ def test_training_time_adds_up_every_session_and_survives_a_rerun(tmp_path, shap
     again = train(*parse_args(argv))
     assert again.state.global_step == 6 and _card_seconds(out) >= 1.8
     assert "Steps: 6 (1 epoch)" in (out / "README.md").read_text()
+
+
+def test_negative_grounding_repeats_are_refused_before_any_work(tmp_path, shapes_dir):
+    with pytest.raises(ValueError, match=r"--grounding_repeats is a number of extra copies, 0 or more; got -1"):
+        train(*parse_args(tiny_argv(tmp_path / "out", shapes_dir, "--grounding_repeats", "-1", "--max_steps", "1")))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_run_recorded_before_grounding_repeats_existed_is_not_a_changed_run():
+    from minivlm.training.guards import configuration_changes
+
+    new = {"learning_rate": 0.001, "grounding_repeats": 0}
+    assert configuration_changes({"learning_rate": 0.001}, new) == []  # recorded without it: it ran with 0
+    assert configuration_changes({"learning_rate": 0.001}, {**new, "grounding_repeats": 1}) == ["grounding_repeats: 0 → 1"]

@@ -65,6 +65,7 @@ _RUN_DEFINING_TRAINING_ARGS = (
 _RUN_DEFINING_DATA_ARGS = (
     "dataset", "dataset_config", "train_split", "image_column", "caption_column", "max_train_samples",
     "max_bad_fraction", "max_caption_tokens", "prompt", "dataset_format", "dataset_weights", "multi_turn_fraction",
+    "grounding_repeats",
 )
 _SHAPES_DATA_ARGS = ("shapes_num_train", "shapes_image_size")
 
@@ -128,6 +129,8 @@ def check_arguments(model_args, data_args, training_args) -> None:
     share = data_args.multi_turn_fraction
     if not (math.isfinite(share) and 0 <= share <= 1):
         problems.append(f"--multi_turn_fraction is the share of rows trained as one chat, in [0, 1]; got {share}")
+    if data_args.grounding_repeats < 0:
+        problems.append(f"--grounding_repeats is a number of extra copies, 0 or more; got {data_args.grounding_repeats}")
     if IMAGE_TOKEN in data_args.prompt:
         problems.append(f"--prompt holds the image token {IMAGE_TOKEN!r}: the image tokens are placed before the "
                         "prompt by the collator; remove it from the prompt")
@@ -248,8 +251,13 @@ def _existing_run(output_dir: Path) -> bool:
     )
 
 
+# Run-defining arguments added after runs were recorded: a record without one ran with this value.
+_RECORDED_SINCE = {"grounding_repeats": 0}
+
+
 def configuration_changes(old: dict, new: dict) -> list[str]:
     """`name: old → new` for every argument that differs (sorted by name)."""
+    old = {**{name: value for name, value in _RECORDED_SINCE.items() if name in new}, **old}
     return [f"{name}: {short(old.get(name), 60)} → {short(new.get(name), 60)}"
             for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
 

@@ -121,6 +121,11 @@ class DataArguments:
         metadata={"help": "Rows with an image's caption and questions (shapes-instruct): the share trained each "
                           "epoch as one multi-turn chat instead of packed single turns."},
     )
+    grounding_repeats: int = field(
+        default=0,
+        metadata={"help": "Rows packed with an image's caption and questions (shapes-instruct): extra copies of each "
+                          "question answered with a box, so that boxes weigh 1 + this many times in the loss."},
+    )
     image_folder: str | None = field(default=None, metadata={"help": "Where LLaVA JSON image paths are relative to."})
     preprocess_images: bool | None = field(
         default=None,
@@ -313,7 +318,7 @@ def _train(model_args, data_args, training_args, callbacks=None) -> MiniVLMTrain
         collator_class = FeatureCaptionCollator
     collator = collator_class(
         processor, prompt=data_args.prompt, max_caption_tokens=data_args.max_caption_tokens, seed=training_args.seed,
-        multi_turn_fraction=data_args.multi_turn_fraction,
+        multi_turn_fraction=data_args.multi_turn_fraction, grounding_repeats=data_args.grounding_repeats,
     )
     if training_args.train_sampling_strategy in ("group_by_length", "batch_rebalance"):
         # The Trainer's samplers read the lengths from this column; without it they would build
