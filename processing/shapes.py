@@ -537,8 +537,12 @@ def shapes_conversation(questions: Sequence[Mapping[str, str]], max_turns: int |
 
 def question_vocabulary(colours: Sequence[str] = DEFAULT_COLOURS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[str]:
     """Every question and answer text the shapes set can produce, as sample strings for a tokenizer."""
-    texts = ["what objects are in the image?", "how many shapes are there? 1 2", "yes no", " ".join(_WHERE),
-             "[" + ", ".join(str(v) for v in range(0, 1001, BOX_STEP)) + "]"]
+    from minivlm.processing.grounding import format_box
+
+    texts = ["what objects are in the image?", "how many shapes are there? 1 2", "yes no", " ".join(_WHERE)]
+    # Every grid value in every place of a box, written as answers are (a tokenizer may read a box's first
+    # number with its bracket).
+    texts += [format_box((v, v, v, v)) for v in range(0, 1001, BOX_STEP)]
     for colour in colours:
         for shape in shapes:
             texts += [f"what colour is the {shape}?", f"is there a {colour} {shape}?", f"where is the {colour} {shape}?",

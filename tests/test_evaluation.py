@@ -334,7 +334,7 @@ def test_eval_callback_adds_answer_and_box_scores_when_given_questions():
 
     from minivlm.processing.tokenizer import build_word_level_tokenizer
 
-    tokenizer = build_word_level_tokenizer([WORDS + " 0 250 500 1000 [ ] , 2 no box"])
+    tokenizer = build_word_level_tokenizer([WORDS + " 0 250 500 1000 [0 [1000 ] , 2 no box"])
     processor = make_processor(make_config(tokenizer), tokenizer)
     images = make_images(6, size=32)
     captions = datasets.Dataset.from_dict({"image": images[:2], "captions": [["a red circle"], ["a blue square"]],

@@ -126,14 +126,20 @@ def test_word_level_tokenizer_drops_question_marks_and_survives_a_reload(tmp_pat
 
     from minivlm.processing.tokenizer import build_word_level_tokenizer
 
-    tokenizer = build_word_level_tokenizer(["what colour is the triangle? red", "locate the circle [10, 20, 30, 40]"])
+    tokenizer = build_word_level_tokenizer(
+        ["what colour is the triangle? red", "locate the circle [10, 20, 30, 40]", "x [ a"]
+    )
     assert "?" not in tokenizer.get_vocab()
     tokenizer.save_pretrained(tmp_path)
     for loaded in (tokenizer, AutoTokenizer.from_pretrained(tmp_path)):
         # The answer is predicted at the question's last word, as in training, whether or not the user types "?".
         assert loaded("What colour is the triangle?")["input_ids"] == loaded("what colour is the triangle")["input_ids"]
         assert loaded.tokenize("triangle?red") == ["triangle", "red"]
-        assert loaded.tokenize("[10, 20, 30, 40]") == ["[", "10", ",", "20", ",", "30", ",", "40", "]"]
+        # A box's "[" stays on its first number (one token); any other bracket is a token of its own.
+        assert loaded.tokenize("[10, 20, 30, 40]") == ["[10", ",", "20", ",", "30", ",", "40", "]"]
+        assert loaded.tokenize("[ 20, 30]") == ["[", "20", ",", "30", "]"]
+        assert loaded.tokenize("x[10 [a") == ["x", "[10", "[", "a"]
+        assert loaded.decode(loaded("[10, 20, 30, 40]", add_special_tokens=False)["input_ids"]) == "[10, 20, 30, 40]"
         assert loaded.unk_token_id not in loaded("what colour is the triangle?")["input_ids"]
 
 
@@ -239,3 +245,17 @@ def test_the_vqa_target_is_the_most_frequent_answer_and_ties_go_to_the_first_giv
     assert vqa_target([{"answer": "two"}, {"answer": " 2 "}, {"answer": "2"}]) == "2"  # stripped before counting
     assert vqa_target(["", "  ", None]) == ""
     assert vqa_target(["a", "b", "c"]) == "a"
+
+
+def test_the_shapes_tokenizer_knows_every_word_of_the_set_and_every_box_on_the_grid():
+    from minivlm.processing.shapes import shapes_texts
+    from minivlm.processing.tokenizer import build_word_level_tokenizer
+
+    tokenizer = build_word_level_tokenizer(shapes_texts())
+    texts = [t for e in make_shapes_examples(200, image_size=64, seed=5)
+             for t in [*e["captions"], *(q[k] for q in e["questions"] for k in ("question", "answer"))]]
+    # The grid's edges in every place, written by hand, and a box whose first number is its largest.
+    texts += ["[0, 0, 1000, 1000]", "[1000, 1000, 0, 0]", "[990, 10, 1000, 20]"]
+    unknown = [t for t in texts if tokenizer.unk_token_id in tokenizer(t, add_special_tokens=False)["input_ids"]]
+    assert unknown == []
+    assert tokenizer.tokenize("[1000, 0, 10, 990]") == ["[1000", ",", "0", ",", "10", ",", "990", "]"]
